@@ -1,0 +1,46 @@
+"""Every Redis key the platform itself writes, in one place.
+
+Celery's own keys (queue lists, ``unacked``, ``celery-task-meta-*``) keep kombu's names so
+that Flower, celery-exporter and KEDA find them where they look.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+PREFIX = "platform-tasks:"
+
+BEAT_KEY_PREFIX = f"{PREFIX}redbeat:"
+"""celery-redbeat's schedule entries and its lock live under this prefix."""
+
+BEAT_LOCK = f"{BEAT_KEY_PREFIX}lock"
+
+
+def task_stats(day: date) -> str:
+    """Hash of per-task counters for one day (UTC): ``<task>|<outcome>`` -> count."""
+    return f"{PREFIX}stats:{day.isoformat()}"
+
+
+def payment_record(idempotency_key: str) -> str:
+    """The charge made for one idempotency key; its presence means 'already charged'."""
+    return f"{PREFIX}payments:charged:{idempotency_key}"
+
+
+def payment_lock(idempotency_key: str) -> str:
+    """Held while one worker talks to the gateway for this key, so runs never overlap."""
+    return f"{PREFIX}payments:lock:{idempotency_key}"
+
+
+def email_sent(task_id: str) -> str:
+    """Marks a task's e-mail as handed to the SMTP server, so a redelivery does not resend."""
+    return f"{PREFIX}email:sent:{task_id}"
+
+
+def enqueue_dedup(task_name: str, idempotency_key: str) -> str:
+    """Held by the producer for an idempotency key: a second enqueue returns the first id."""
+    return f"{PREFIX}enqueue:{task_name}:{idempotency_key}"
+
+
+def revoked(task_id: str) -> str:
+    """A revoked task id, kept so workers that start after the revoke still honour it."""
+    return f"{PREFIX}revoked:{task_id}"

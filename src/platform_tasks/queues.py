@@ -1,0 +1,142 @@
+"""The queue catalog: the platform's queues and the policy each one's workers run with.
+
+This is the only place queue names are spelled in Python. The reasons behind each default are
+in ``docs/queues.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Literal
+
+Pool = Literal["prefork", "threads", "solo"]
+
+
+class QueueName(StrEnum):
+    EMAIL = "email"
+    MEDIA = "media"
+    PAYMENTS = "payments"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a queue's tasks retry transient failures: exponential backoff with full jitter."""
+
+    max_retries: int
+    backoff_seconds: int
+    backoff_max_seconds: int
+    jitter: bool = True
+
+    def countdown(self, retries: int, *, random_fraction: float = 1.0) -> float:
+        """Seconds to wait before retry number ``retries + 1`` (``random_fraction`` in [0, 1])."""
+        ceiling = min(self.backoff_max_seconds, self.backoff_seconds * (2**retries))
+        if not self.jitter:
+            return float(ceiling)
+        # Full jitter, but never less than one base step so a retry storm still spreads out.
+        return max(float(self.backoff_seconds), ceiling * random_fraction)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """How one queue's workers run its tasks."""
+
+    name: QueueName
+    pool: Pool
+    concurrency: int
+    prefetch_multiplier: int
+    acks_late: bool
+    soft_time_limit: int
+    time_limit: int
+    retry: RetryPolicy
+    rate_limit: str | None
+    soft_shutdown_seconds: int
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.soft_time_limit >= self.time_limit:
+            raise ValueError(f"{self.name}: the soft time limit must be below the hard one")
+        if self.concurrency < 1 or self.prefetch_multiplier < 1:
+            raise ValueError(f"{self.name}: concurrency and prefetch must be at least 1")
+
+    @property
+    def enforces_time_limits(self) -> bool:
+        """Celery enforces time limits only in the prefork pool; threads rely on I/O timeouts."""
+        return self.pool == "prefork"
+
+
+QUEUES: Mapping[QueueName, QueuePolicy] = MappingProxyType(
+    {
+        QueueName.EMAIL: QueuePolicy(
+            name=QueueName.EMAIL,
+            pool="threads",
+            concurrency=16,
+            prefetch_multiplier=4,
+            acks_late=True,
+            soft_time_limit=30,
+            time_limit=60,
+            retry=RetryPolicy(max_retries=6, backoff_seconds=5, backoff_max_seconds=600),
+            rate_limit="50/s",
+            soft_shutdown_seconds=20,
+            description="Outgoing mail: I/O-bound, many concurrent SMTP sessions.",
+        ),
+        QueueName.MEDIA: QueuePolicy(
+            name=QueueName.MEDIA,
+            pool="prefork",
+            concurrency=1,
+            prefetch_multiplier=1,
+            acks_late=True,
+            soft_time_limit=120,
+            time_limit=180,
+            retry=RetryPolicy(max_retries=2, backoff_seconds=10, backoff_max_seconds=120),
+            rate_limit=None,
+            soft_shutdown_seconds=60,
+            description="Image processing: CPU-bound, one task per process, scale by replicas.",
+        ),
+        QueueName.PAYMENTS: QueuePolicy(
+            name=QueueName.PAYMENTS,
+            pool="threads",
+            concurrency=8,
+            prefetch_multiplier=1,
+            acks_late=True,
+            soft_time_limit=30,
+            time_limit=60,
+            retry=RetryPolicy(max_retries=5, backoff_seconds=2, backoff_max_seconds=60),
+            rate_limit=None,
+            soft_shutdown_seconds=30,
+            description="Charges against the payment gateway: idempotent, never prefetched far.",
+        ),
+        QueueName.DEFAULT: QueuePolicy(
+            name=QueueName.DEFAULT,
+            pool="prefork",
+            concurrency=2,
+            prefetch_multiplier=4,
+            acks_late=True,
+            soft_time_limit=300,
+            time_limit=360,
+            retry=RetryPolicy(max_retries=3, backoff_seconds=5, backoff_max_seconds=300),
+            rate_limit=None,
+            soft_shutdown_seconds=30,
+            description="Everything else: short mixed work, reports, the seed's arithmetic.",
+        ),
+    }
+)
+
+QUEUE_NAMES: tuple[str, ...] = tuple(str(name) for name in QUEUES)
+
+#: Redis re-delivers an unacknowledged message after this many seconds. It must exceed the
+#: longest hard time limit, or a task still running would be handed to a second worker.
+VISIBILITY_TIMEOUT_SECONDS: int = 2 * max(policy.time_limit for policy in QUEUES.values()) + 60
+
+
+def policy_for(queue: str) -> QueuePolicy:
+    """The policy of ``queue``; raises ``KeyError`` naming the known queues otherwise."""
+    try:
+        return QUEUES[QueueName(queue)]
+    except ValueError:
+        raise KeyError(
+            f"unknown queue {queue!r}; known queues: {', '.join(QUEUE_NAMES)}"
+        ) from None

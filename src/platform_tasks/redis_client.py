@@ -1,0 +1,60 @@
+"""Redis connections for the platform's own keys, following the Sentinel master like Celery does."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import redis
+from redis.sentinel import Sentinel
+
+from platform_tasks.settings import Settings
+
+
+def _secret(value: Any) -> str | None:
+    return None if value is None else str(value.get_secret_value())
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """redis-py keyword arguments for TLS, empty when TLS is off."""
+    if not settings.redis_tls:
+        return {}
+    options: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if settings.redis_tls_ca_file is not None:
+        options["ssl_ca_certs"] = str(settings.redis_tls_ca_file)
+    return options
+
+
+def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    """How to authenticate to (and encrypt traffic with) the Sentinels themselves."""
+    options: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout}
+    password = _secret(settings.sentinel_password)
+    if password is not None:
+        options["password"] = password
+    options.update(tls_options(settings))
+    return options
+
+
+def connect(settings: Settings, *, db: int | None = None) -> redis.Redis:
+    """A client for the current master (database ``db``, the broker's by default)."""
+    database = settings.broker_db if db is None else db
+    common: dict[str, Any] = {
+        "db": database,
+        "username": settings.redis_username,
+        "password": _secret(settings.redis_password),
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_socket_timeout,
+        "health_check_interval": 10,
+        "decode_responses": True,
+    }
+    if settings.uses_sentinel:
+        sentinel = Sentinel(
+            list(settings.sentinels),
+            sentinel_kwargs=sentinel_kwargs(settings),
+            **tls_options(settings),
+        )
+        return sentinel.master_for(settings.sentinel_master, **common)
+    assert settings.redis_url is not None
+    common.update(tls_options(settings))
+    common.pop("ssl", None)  # the rediss:// scheme decides, from_url rejects ssl=
+    return redis.Redis.from_url(settings.redis_url, **common)
