@@ -7,9 +7,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
-from platform_tasks import keys
+from platform_tasks import keys, propagation
 from platform_tasks.queues import QUEUES, VISIBILITY_TIMEOUT_SECONDS
 from platform_tasks.redis_client import sentinel_kwargs
 from platform_tasks.schedule import beat_schedule
@@ -129,6 +129,7 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
         set_as_current=include_tasks,
     )
     app.settings = settings
+    propagation.install()
     ssl_options = _ssl_options(settings)
     app.conf.update(
         broker_url=redis_urls(settings, settings.broker_db),
@@ -188,7 +189,9 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
     return app
 
 
-def _route_by_name(name: str, args: Any, kwargs: Any, options: Any, **_: Any) -> dict[str, str] | None:
+def _route_by_name(
+    name: str, args: Any, kwargs: Any, options: Any, **_: Any
+) -> dict[str, str] | None:
     """Send ``platform_tasks.<queue>.<task>`` to ``<queue>`` unless the caller named a queue."""
     parts = name.split(".")
     if len(parts) == 3 and parts[0] == "platform_tasks" and parts[1] in {str(q) for q in QUEUES}:

@@ -27,7 +27,7 @@ def task_name(queue: QueueName, verb_noun: str) -> str:
     return f"{TASK_PREFIX}.{queue}.{verb_noun}"
 
 
-class InvalidArguments(ValueError):
+class InvalidArgumentsError(ValueError):
     """A task's arguments do not match its contract. Never retried."""
 
 
@@ -40,6 +40,10 @@ class TaskArguments(BaseModel):
 class AddNumbersArgs(TaskArguments):
     x: int | float
     y: int | float
+
+
+class SumNumbersArgs(TaskArguments):
+    numbers: Annotated[list[int | float], Field(max_length=100_000)]
 
 
 class DailyReportArgs(TaskArguments):
@@ -119,27 +123,31 @@ class TaskContract:
         """Validate positional and keyword arguments as one call would bind them."""
         fields = list(self.arguments.model_fields)
         if len(args) > len(fields):
-            raise InvalidArguments(
+            raise InvalidArgumentsError(
                 f"{self.name} takes {len(fields)} arguments ({', '.join(fields)}), "
                 f"got {len(args)} positional"
             )
         values = dict(zip(fields, args, strict=False))
         clashes = sorted(set(values) & set(kwargs))
         if clashes:
-            raise InvalidArguments(f"{self.name} got {', '.join(clashes)} twice")
+            raise InvalidArgumentsError(f"{self.name} got {', '.join(clashes)} twice")
         values.update(kwargs)
         try:
             return self.arguments.model_validate(values)
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in item['loc']) or 'arguments'}: {item['msg']}"
-                for item in error.errors(include_input=False, include_url=False)
-            )
-            raise InvalidArguments(f"{self.name}: {problems}") from None
+            # One line per argument: a union such as int | float reports once, not per member.
+            first_by_argument: dict[str, str] = {}
+            for item in error.errors(include_input=False, include_url=False):
+                argument = str(item["loc"][0]) if item["loc"] else "arguments"
+                first_by_argument.setdefault(argument, item["msg"])
+            problems = "; ".join(f"{name}: {msg}" for name, msg in first_by_argument.items())
+            raise InvalidArgumentsError(f"{self.name}: {problems}") from None
 
 
 ADD_NUMBERS = TaskContract(task_name(QueueName.DEFAULT, "add_numbers"), QueueName.DEFAULT,
                            AddNumbersArgs)
+SUM_NUMBERS = TaskContract(task_name(QueueName.DEFAULT, "sum_numbers"), QueueName.DEFAULT,
+                           SumNumbersArgs)
 SEND_DAILY_REPORT = TaskContract(task_name(QueueName.DEFAULT, "send_daily_report"),
                                  QueueName.DEFAULT, DailyReportArgs)
 SEND_WELCOME_EMAIL = TaskContract(task_name(QueueName.EMAIL, "send_welcome_email"),
@@ -154,6 +162,7 @@ TASKS: Mapping[str, TaskContract] = MappingProxyType(
         contract.name: contract
         for contract in (
             ADD_NUMBERS,
+            SUM_NUMBERS,
             SEND_DAILY_REPORT,
             SEND_WELCOME_EMAIL,
             PROCESS_PAYMENT,

@@ -37,7 +37,7 @@ class RetryPolicy:
         if not self.jitter:
             return float(ceiling)
         # Full jitter, but never less than one base step so a retry storm still spreads out.
-        return max(float(self.backoff_seconds), ceiling * random_fraction)
+        return float(max(self.backoff_seconds, ceiling * random_fraction))
 
 
 @dataclass(frozen=True, slots=True)

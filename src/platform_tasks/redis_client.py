@@ -53,7 +53,8 @@ def connect(settings: Settings, *, db: int | None = None) -> redis.Redis:
             sentinel_kwargs=sentinel_kwargs(settings),
             **tls_options(settings),
         )
-        return sentinel.master_for(settings.sentinel_master, **common)
+        master: redis.Redis = sentinel.master_for(settings.sentinel_master, **common)
+        return master
     assert settings.redis_url is not None
     common.update(tls_options(settings))
     common.pop("ssl", None)  # the rediss:// scheme decides, from_url rejects ssl=

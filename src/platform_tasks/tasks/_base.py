@@ -8,7 +8,7 @@ from typing import Any, NoReturn, TypeVar, cast
 
 from celery import Task, shared_task
 
-from platform_tasks.contracts import InvalidArguments, TaskArguments, TaskContract
+from platform_tasks.contracts import InvalidArgumentsError, TaskArguments, TaskContract
 from platform_tasks.queues import QueuePolicy, policy_for
 from platform_tasks.settings import Settings
 
@@ -41,7 +41,7 @@ def platform_task(
     """Register ``body(task, arguments)`` as the task ``contract.name`` with its queue's policy.
 
     The raw message arguments are validated against the contract first; an invalid payload
-    fails at once with :class:`InvalidArguments` and is never retried.
+    fails at once with :class:`InvalidArgumentsError` and is never retried.
     """
     if contract.arguments is not arguments:
         raise TypeError(f"{contract.name}: body takes {arguments.__name__}, "
@@ -74,7 +74,7 @@ def platform_task(
                 rate_limit=policy.rate_limit,
                 max_retries=policy.retry.max_retries,
                 ignore_result=False,
-                throws=(InvalidArguments, PermanentTaskError),
+                throws=(InvalidArgumentsError, PermanentTaskError),
             )(run),
         )
 

@@ -1,0 +1,223 @@
+"""``platform-tasks``: the container commands (worker, beat) and the operator's tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from platform_tasks.queues import QUEUE_NAMES, policy_for
+from platform_tasks.settings import Settings, SettingsError, load_settings
+
+
+class UsageError(Exception):
+    """A command-line value the command cannot use; printed as one line, exit status 2."""
+
+
+def _json_argument(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{what} is not valid JSON: {error}") from None
+
+
+def _worker_argv(queue: str, settings: Settings, concurrency: int | None) -> list[str]:
+    policy = policy_for(queue)
+    return [
+        "worker",
+        f"--queues={queue}",
+        f"--pool={policy.pool}",
+        f"--concurrency={concurrency or policy.concurrency}",
+        f"--prefetch-multiplier={policy.prefetch_multiplier}",
+        f"--hostname={queue}@%h",
+        f"--loglevel={settings.log_level}",
+        "--without-gossip",
+    ]
+
+
+def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks import worker_hooks
+    from platform_tasks.app import create_app
+
+    policy = policy_for(options.queue)
+    app = create_app(settings)
+    # A SIGTERM gives running tasks this long to finish before the cold shutdown requeues them.
+    app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
+    worker_hooks.install()
+    app.worker_main(_worker_argv(options.queue, settings, options.concurrency))
+    return 0
+
+
+def cmd_beat(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.app import create_app
+
+    app = create_app(settings)
+    app.start(["beat", f"--loglevel={settings.log_level}"])
+    return 0
+
+
+def cmd_enqueue(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.producer import TaskProducer
+
+    args = _json_argument(options.args, "--args")
+    kwargs = _json_argument(options.kwargs, "--kwargs")
+    if not isinstance(args, list):
+        raise UsageError("--args must be a JSON list, e.g. '[2, 3]'")
+    if not isinstance(kwargs, dict):
+        raise UsageError("--kwargs must be a JSON object, e.g. '{\"user_email\": \"a@b.c\"}'")
+    producer = TaskProducer(settings)
+    try:
+        task_id = producer.enqueue(
+            options.task,
+            queue=options.queue,
+            args=args,
+            kwargs=kwargs,
+            countdown=options.countdown,
+            idempotency_key=options.idempotency_key,
+            correlation_id=options.correlation_id,
+        )
+        print(task_id)
+        if options.wait is not None:
+            print(json.dumps(_status_dict(producer.wait(task_id, options.wait)), default=str))
+    finally:
+        producer.close()
+    return 0
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    return {
+        "task_id": status.task_id,
+        "state": status.state,
+        "result": status.result,
+        "error": status.error,
+        "name": status.name,
+        "queue": status.queue,
+        "retries": status.retries,
+        "date_done": status.date_done,
+    }
+
+
+def cmd_status(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.producer import TaskProducer
+
+    producer = TaskProducer(settings)
+    try:
+        print(json.dumps(_status_dict(producer.status(options.task_id)), default=str))
+    finally:
+        producer.close()
+    return 0
+
+
+def cmd_revoke(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.producer import TaskProducer
+
+    producer = TaskProducer(settings)
+    try:
+        producer.revoke(options.task_id, terminate=options.terminate)
+        print(f"revoked {options.task_id}")
+    finally:
+        producer.close()
+    return 0
+
+
+def cmd_queues(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.inspection import queue_depths
+    from platform_tasks.redis_client import connect
+
+    client = connect(settings)
+    try:
+        depths = queue_depths(client)
+    finally:
+        client.close()
+    if options.json:
+        print(json.dumps([depth.as_dict() for depth in depths]))
+        return 0
+    print(f"{'queue':<10} {'ready':>8} {'by priority':<24} {'unacked':>8} {'total':>8}")
+    for depth in depths:
+        by_priority = ",".join(f"{p}:{n}" for p, n in depth.ready_by_priority.items() if n) or "-"
+        print(f"{depth.queue:<10} {depth.ready:>8} {by_priority:<24} "
+              f"{depth.unacked:>8} {depth.total:>8}")
+    return 0
+
+
+def cmd_dev(options: argparse.Namespace, settings: Settings | None) -> int:
+    from platform_tasks.devstack.dev import run_dev
+
+    exit_code: int = run_dev(options.run_dir, demo=not options.no_demo, flower=options.flower)
+    return exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="platform-tasks",
+        description="Run and operate the platform-tasks background-job platform.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser("worker", help="run a worker for one queue (container command)")
+    worker.add_argument("--queue", required=True, choices=QUEUE_NAMES)
+    worker.add_argument("--concurrency", type=int, default=None,
+                        help="override the queue's concurrency")
+    worker.set_defaults(handler=cmd_worker)
+
+    beat = commands.add_parser("beat", help="run the scheduler (one leader via a Redis lock)")
+    beat.set_defaults(handler=cmd_beat)
+
+    enqueue = commands.add_parser("enqueue", help="enqueue a task by name, print its id")
+    enqueue.add_argument("task", help="task name, e.g. platform_tasks.default.add_numbers")
+    enqueue.add_argument("--queue", required=True)
+    enqueue.add_argument("--args", default="[]", help="JSON list of positional arguments")
+    enqueue.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments")
+    enqueue.add_argument("--countdown", type=float, default=None, help="seconds to wait")
+    enqueue.add_argument("--idempotency-key", default=None)
+    enqueue.add_argument("--correlation-id", default=None)
+    enqueue.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                         help="wait this long for the result and print it")
+    enqueue.set_defaults(handler=cmd_enqueue)
+
+    status = commands.add_parser("status", help="print a task's state and result as JSON")
+    status.add_argument("task_id")
+    status.set_defaults(handler=cmd_status)
+
+    revoke = commands.add_parser("revoke", help="revoke a task")
+    revoke.add_argument("task_id")
+    revoke.add_argument("--terminate", action="store_true", help="also stop it if running")
+    revoke.set_defaults(handler=cmd_revoke)
+
+    queues = commands.add_parser("queues", help="depth of each queue (ready, priority, unacked)")
+    queues.add_argument("--json", action="store_true")
+    queues.set_defaults(handler=cmd_queues)
+
+    dev = commands.add_parser("dev", help="run the whole platform locally with a demo")
+    dev.add_argument("--run-dir", type=Path, default=None, help="where configs and logs go")
+    dev.add_argument("--no-demo", action="store_true", help="start the stack without the demo")
+    dev.add_argument("--flower", action="store_true", help="also start Flower")
+    dev.set_defaults(handler=cmd_dev, needs_settings=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    try:
+        if getattr(options, "needs_settings", True):
+            settings: Settings | None = load_settings()
+        else:
+            settings = None
+        result: int = options.handler(options, settings)
+        return result
+    except SettingsError as error:
+        print(f"platform-tasks: configuration error: {error}", file=sys.stderr)
+        return 2
+    except UsageError as error:
+        print(f"platform-tasks: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        from platform_tasks.producer import ProducerError
+
+        if isinstance(error, ProducerError):
+            print(f"platform-tasks: refused: {type(error).__name__}: {error}", file=sys.stderr)
+            return 2
+        raise

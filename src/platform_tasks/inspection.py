@@ -1,0 +1,84 @@
+"""Reads queue depth straight from the broker, the way kombu's Redis transport stores it.
+
+A queue is a list per priority step (``name``, ``name\\x06\\x163``, ...), and delivered but
+not yet acknowledged messages sit in the ``unacked`` hash until their worker acks. A plain
+LLEN (what KEDA and celery-exporter run) sees only the first list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from platform_tasks.queues import QUEUE_NAMES
+
+PRIORITY_SEPARATOR = "\x06\x16"
+UNACKED_HASH = "unacked"
+PRIORITIES = tuple(range(10))
+
+
+def priority_list(queue: str, priority: int) -> str:
+    """The Redis list kombu uses for ``queue`` at ``priority`` (0 is the plain name)."""
+    return queue if priority == 0 else f"{queue}{PRIORITY_SEPARATOR}{priority}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    queue: str
+    ready_by_priority: dict[int, int] = field(default_factory=dict)
+    unacked: int = 0
+
+    @property
+    def ready(self) -> int:
+        return sum(self.ready_by_priority.values())
+
+    @property
+    def total(self) -> int:
+        return self.ready + self.unacked
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "ready": self.ready,
+            "ready_by_priority": {str(k): v for k, v in self.ready_by_priority.items()},
+            "unacked": self.unacked,
+            "total": self.total,
+        }
+
+
+def unacked_by_queue(client: redis.Redis) -> Counter[str]:
+    """Delivered, unacknowledged messages per routing key (our queues route by their name)."""
+    counts: Counter[str] = Counter()
+    for _tag, raw in client.hscan_iter(UNACKED_HASH, count=1000):
+        try:
+            _message, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            counts["<undecodable>"] += 1
+            continue
+        counts[str(routing_key)] += 1
+    return counts
+
+
+def queue_depths(client: redis.Redis, queues: tuple[str, ...] = QUEUE_NAMES) -> list[QueueDepth]:
+    """Ready messages per priority and unacked messages, for every queue."""
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            for priority in PRIORITIES:
+                pipe.llen(priority_list(queue, priority))
+        lengths = pipe.execute()
+    unacked = unacked_by_queue(client)
+    depths = []
+    for index, queue in enumerate(queues):
+        chunk = lengths[index * len(PRIORITIES) : (index + 1) * len(PRIORITIES)]
+        depths.append(
+            QueueDepth(
+                queue=queue,
+                ready_by_priority=dict(zip(PRIORITIES, (int(n) for n in chunk), strict=True)),
+                unacked=unacked.get(queue, 0),
+            )
+        )
+    return depths

@@ -1,0 +1,37 @@
+"""What a worker process does at start-up beyond Celery's own: revoked ids and statistics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_ready
+from celery.worker import state as worker_state
+
+from platform_tasks import keys, stats
+from platform_tasks.app import PlatformCelery
+from platform_tasks.redis_client import connect
+
+logger = logging.getLogger(__name__)
+
+
+def _load_revoked(sender: Any = None, **_: Any) -> None:
+    """Revokes are broadcast only to workers alive at the time; Redis keeps them for later ones."""
+    app: PlatformCelery = sender.app
+    client = connect(app.settings)
+    try:
+        prefix = keys.revoked("")
+        loaded = 0
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            worker_state.revoked.add(key[len(prefix):])
+            loaded += 1
+        if loaded:
+            logger.info("loaded %d revoked task ids", loaded)
+    finally:
+        client.close()
+
+
+def install() -> None:
+    """Connect the worker's start-up hooks; called once by the ``worker`` command."""
+    worker_ready.connect(_load_revoked, weak=False, dispatch_uid="platform-tasks-revoked")
+    stats.connect_signals()
