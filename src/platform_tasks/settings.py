@@ -22,7 +22,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "PLATFORM_TASKS_"
 
@@ -140,6 +145,18 @@ class Settings(BaseSettings):
     )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() hands over the environment it was given; nothing else is read.
+        return (init_settings,)
+
     @field_validator("sentinels", mode="before")
     @classmethod
     def _split_sentinels(cls, value: object) -> tuple[SentinelAddress, ...]:
@@ -223,8 +240,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if key.upper().startswith(ENV_PREFIX)
     }
     try:
-        # Passing values explicitly keeps the read to ``source`` alone, not os.environ too.
-        return Settings.model_validate(values)
+        return Settings(**values)
     except ValidationError as error:
         lines = sorted({_describe(item) for item in error.errors(include_input=False)})
         raise SettingsError("; ".join(lines)) from None

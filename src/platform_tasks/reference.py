@@ -1,0 +1,127 @@
+"""Generates the reference tables in the docs from the code that defines them.
+
+``python -m platform_tasks.reference --write`` rewrites the marked sections of
+``docs/configuration.md`` and ``docs/queues.md``; a test fails when they drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_core import PydanticUndefined
+
+from platform_tasks.contracts import TASKS
+from platform_tasks.queues import QUEUES, VISIBILITY_TIMEOUT_SECONDS
+from platform_tasks.settings import ENV_PREFIX, Settings
+
+BEGIN = "<!-- BEGIN GENERATED: {name} -->"
+END = "<!-- END GENERATED: {name} -->"
+
+
+def _default_text(name: str) -> str:
+    field = Settings.model_fields[name]
+    default = field.default
+    if default is PydanticUndefined or default is None:
+        return "—"
+    if isinstance(default, SecretStr):
+        return "(secret)"
+    if isinstance(default, tuple):
+        return ",".join(f"{h}:{p}" for h, p in default) or "—"
+    return f"`{default}`"
+
+
+def settings_table() -> str:
+    """Every ``PLATFORM_TASKS_*`` variable with its default and meaning."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        secret = "secret; " if "password" in name else ""
+        rows.append(
+            f"| `{ENV_PREFIX}{name.upper()}` | {_default_text(name)} | "
+            f"{secret}{field.description or ''} |"
+        )
+    return "\n".join(rows)
+
+
+def queues_table() -> str:
+    """Every queue's policy, as the workers run it."""
+    rows = [
+        "| queue | pool | concurrency | prefetch | acks | soft / hard limit (s) | retries "
+        "(backoff) | rate limit | soft shutdown (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for policy in QUEUES.values():
+        retry = policy.retry
+        rows.append(
+            f"| `{policy.name}` | {policy.pool} | {policy.concurrency} | "
+            f"{policy.prefetch_multiplier} | {'late' if policy.acks_late else 'early'} | "
+            f"{policy.soft_time_limit} / {policy.time_limit} | {retry.max_retries} "
+            f"({retry.backoff_seconds}s doubling to {retry.backoff_max_seconds}s, jitter) | "
+            f"{policy.rate_limit or '—'} | {policy.soft_shutdown_seconds} |"
+        )
+    rows.append("")
+    rows.append(f"Broker visibility timeout: {VISIBILITY_TIMEOUT_SECONDS} s.")
+    return "\n".join(rows)
+
+
+def tasks_table() -> str:
+    """Every task with its home queue and arguments."""
+    rows = ["| task | queue | arguments |", "|---|---|---|"]
+    for contract in TASKS.values():
+        arguments = ", ".join(contract.arguments.model_fields)
+        rows.append(f"| `{contract.name}` | `{contract.queue}` | {arguments} |")
+    return "\n".join(rows)
+
+
+SECTIONS = {
+    Path("docs/configuration.md"): {"settings": settings_table},
+    Path("docs/queues.md"): {"queues": queues_table, "tasks": tasks_table},
+}
+
+
+def render(text: str, sections: dict[str, str]) -> str:
+    """``text`` with each marked section replaced by its generated content."""
+    for name, content in sections.items():
+        pattern = re.compile(
+            re.escape(BEGIN.format(name=name)) + r".*?" + re.escape(END.format(name=name)),
+            re.DOTALL,
+        )
+        if not pattern.search(text):
+            raise ValueError(f"section {name!r} markers not found")
+        replacement = f"{BEGIN.format(name=name)}\n{content}\n{END.format(name=name)}"
+        text = pattern.sub(lambda _: replacement, text)
+    return text
+
+
+def drifted(root: Path) -> list[Path]:
+    """The generated docs under ``root`` whose content differs from the code."""
+    stale = []
+    for relative, generators in SECTIONS.items():
+        path = root / relative
+        current = path.read_text()
+        if render(current, {n: g() for n, g in generators.items()}) != current:
+            stale.append(relative)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="rewrite the docs in place")
+    parser.add_argument("--root", type=Path, default=Path.cwd())
+    options = parser.parse_args(argv)
+    if not options.write:
+        stale = drifted(options.root)
+        for path in stale:
+            print(f"{path} is out of date: run python -m platform_tasks.reference --write")
+        return 1 if stale else 0
+    for relative, generators in SECTIONS.items():
+        path = options.root / relative
+        path.write_text(render(path.read_text(), {n: g() for n, g in generators.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
