@@ -127,7 +127,7 @@ class Settings(BaseSettings):
         default=40_000_000, gt=0, description="largest image, in pixels, a thumbnail accepts"
     )
     report_recipient: str = Field(
-        default="ops@localhost",
+        default="ops@example.com",
         pattern=r"^[^@\s]+@[^@\s]+$",
         description="who receives the daily report beat schedules",
     )
@@ -240,7 +240,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if key.upper().startswith(ENV_PREFIX)
     }
     try:
-        return Settings(**values)
+        return Settings.model_validate(values)
     except ValidationError as error:
         lines = sorted({_describe(item) for item in error.errors(include_input=False)})
         raise SettingsError("; ".join(lines)) from None

@@ -66,7 +66,6 @@ def platform_task(
                 typing=False,
                 policy=policy,
                 contract=contract,
-                queue=str(policy.name),
                 acks_late=policy.acks_late,
                 reject_on_worker_lost=policy.acks_late,
                 soft_time_limit=policy.soft_time_limit,

@@ -1,0 +1,187 @@
+"""Per-task daily counters in Redis, fed by Celery signals, read by the daily report.
+
+One hash per UTC day (``keys.task_stats``) with fields ``<task>|succeeded``, ``|failed``,
+``|retried`` and ``|runtime_ms`` (summed over successes). Each event costs one pipelined round
+trip. Statistics are a side show: a handler logs its own failures and never lets them reach the
+task it is watching.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+import redis
+from celery import signals
+
+from platform_tasks import keys
+from platform_tasks.settings import Settings
+from platform_tasks.tasks._redis import client_for
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["succeeded", "failed", "retried"]
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "retried")
+RUNTIME_FIELD = "runtime_ms"
+#: A week of history for the report, plus a day of slack for time zones.
+STATS_TTL_SECONDS = 8 * 24 * 3600
+_SEPARATOR = "|"
+
+# task id -> monotonic start. Threads pools run tasks concurrently, hence the lock; postrun
+# always pops, so the dict holds only tasks in flight.
+_started: dict[str, float] = {}
+_started_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDayStats:
+    """One task's outcomes over one UTC day."""
+
+    task: str
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    runtime_ms_total: int = 0
+
+    @property
+    def mean_runtime_ms(self) -> float | None:
+        """Mean runtime of the successful runs, None when there were none."""
+        return self.runtime_ms_total / self.succeeded if self.succeeded else None
+
+
+def field_name(task: str, counter: str) -> str:
+    return f"{task}{_SEPARATOR}{counter}"
+
+
+def today_utc() -> date:
+    return datetime.now(UTC).date()
+
+
+def record(
+    client: redis.Redis, task: str, outcome: Outcome, *, runtime_ms: int | None = None,
+    day: date | None = None,
+) -> None:
+    """Count one ``outcome`` of ``task`` (and its runtime) in the day's hash, in one round trip."""
+    key = keys.task_stats(day or today_utc())
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(key, field_name(task, outcome), 1)
+    if runtime_ms is not None:
+        pipe.hincrby(key, field_name(task, RUNTIME_FIELD), runtime_ms)
+    pipe.expire(key, STATS_TTL_SECONDS)
+    pipe.execute()
+
+
+def read_stats(client: redis.Redis, day: date) -> list[TaskDayStats]:
+    """Every task's counters for ``day`` (UTC), sorted by task name."""
+    raw = client.hgetall(keys.task_stats(day))
+    counters: dict[str, dict[str, int]] = {}
+    for field, value in raw.items():
+        name = field.decode() if isinstance(field, bytes) else field
+        task, separator, counter = name.rpartition(_SEPARATOR)
+        if not separator or counter not in (*OUTCOMES, RUNTIME_FIELD):
+            continue  # a field some other version wrote; not ours to interpret
+        try:
+            counters.setdefault(task, {})[counter] = int(value)
+        except ValueError:
+            logger.warning("ignoring non-integer stats field %s=%r", name, value)
+    return [
+        TaskDayStats(
+            task=task,
+            succeeded=values.get("succeeded", 0),
+            failed=values.get("failed", 0),
+            retried=values.get("retried", 0),
+            runtime_ms_total=values.get(RUNTIME_FIELD, 0),
+        )
+        for task, values in sorted(counters.items())
+    ]
+
+
+def totals(rows: Iterable[TaskDayStats]) -> dict[str, int]:
+    """Succeeded, failed and retried summed over every task."""
+    rows = list(rows)
+    return {outcome: sum(getattr(row, outcome) for row in rows) for outcome in OUTCOMES}
+
+
+# -- signal handlers ---------------------------------------------------------------------
+
+
+def _settings_of(task: Any) -> Settings | None:
+    settings = getattr(getattr(task, "app", None), "settings", None)
+    return settings if isinstance(settings, Settings) else None
+
+
+def _safely_record(
+    task: Any, outcome: Outcome, runtime_ms: int | None = None
+) -> None:
+    try:
+        settings = _settings_of(task)
+        if settings is None:
+            return  # not a platform app (a test's bare Celery); nowhere to write
+        record(client_for(settings), str(task.name), outcome, runtime_ms=runtime_ms)
+    except Exception:
+        logger.warning("could not record %s of %s in the task statistics",
+                       outcome, getattr(task, "name", "?"), exc_info=True)
+
+
+def _on_prerun(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        with _started_lock:
+            _started[task_id] = time.monotonic()
+
+
+def _on_postrun(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        with _started_lock:
+            _started.pop(task_id, None)
+
+
+def _on_success(sender: Any = None, **_: Any) -> None:
+    try:
+        task_id = sender.request.id
+        with _started_lock:
+            start = _started.get(task_id) if task_id else None
+        runtime_ms = round((time.monotonic() - start) * 1000) if start is not None else None
+    except Exception:
+        runtime_ms = None
+    # A success without a start time (no prerun seen) still counts, with no runtime.
+    _safely_record(sender, "succeeded", runtime_ms)
+
+
+def _on_failure(sender: Any = None, **_: Any) -> None:
+    _safely_record(sender, "failed")
+
+
+def _on_retry(sender: Any = None, **_: Any) -> None:
+    _safely_record(sender, "retried")
+
+
+def connect_signals() -> None:
+    """Start counting outcomes in this process; calling it again changes nothing."""
+    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="platform-tasks-stats-pre")
+    signals.task_postrun.connect(
+        _on_postrun, weak=False, dispatch_uid="platform-tasks-stats-post"
+    )
+    signals.task_success.connect(
+        _on_success, weak=False, dispatch_uid="platform-tasks-stats-success"
+    )
+    signals.task_failure.connect(
+        _on_failure, weak=False, dispatch_uid="platform-tasks-stats-failure"
+    )
+    signals.task_retry.connect(_on_retry, weak=False, dispatch_uid="platform-tasks-stats-retry")
+
+
+def disconnect_signals() -> None:
+    """Stop counting (tests that connect the handlers undo it with this)."""
+    for signal, uid in (
+        (signals.task_prerun, "platform-tasks-stats-pre"),
+        (signals.task_postrun, "platform-tasks-stats-post"),
+        (signals.task_success, "platform-tasks-stats-success"),
+        (signals.task_failure, "platform-tasks-stats-failure"),
+        (signals.task_retry, "platform-tasks-stats-retry"),
+    ):
+        signal.disconnect(dispatch_uid=uid)
