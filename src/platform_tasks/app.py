@@ -9,7 +9,7 @@ from urllib.parse import quote, urlsplit
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from platform_tasks import keys, propagation
+from platform_tasks import broker_transport, keys, propagation
 from platform_tasks.queues import QUEUES, VISIBILITY_TIMEOUT_SECONDS
 from platform_tasks.redis_client import sentinel_kwargs
 from platform_tasks.schedule import beat_schedule
@@ -29,6 +29,12 @@ PUBLISH_RETRY_POLICY: dict[str, float] = {
     "interval_start": 0.2,
     "interval_step": 0.5,
     "interval_max": 2.0,
+}
+
+
+#: Celery's own canvas tasks return what their caller waits for, so they keep results too.
+_BUILTIN_CANVAS_RESULTS = {
+    name: {"ignore_result": False} for name in ("celery.starmap", "celery.map", "celery.chunks")
 }
 
 
@@ -133,6 +139,9 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
     ssl_options = _ssl_options(settings)
     app.conf.update(
         broker_url=redis_urls(settings, settings.broker_db),
+        broker_transport=(
+            broker_transport.SENTINEL if settings.uses_sentinel else broker_transport.REDIS
+        ),
         result_backend=redis_urls(settings, settings.result_db),
         broker_transport_options=_transport_options(settings),
         result_backend_transport_options=_transport_options(settings),
@@ -165,6 +174,7 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         # Results: only tasks that return something useful opt in (ignore_result=False).
         task_ignore_result=True,
+        task_annotations=_BUILTIN_CANVAS_RESULTS,
         task_store_errors_even_if_ignored=False,
         task_track_started=True,
         result_extended=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -82,6 +83,10 @@ SECTIONS = {
 }
 
 
+def _constant(value: str) -> Callable[[re.Match[str]], str]:
+    return lambda _match: value
+
+
 def render(text: str, sections: dict[str, str]) -> str:
     """``text`` with each marked section replaced by its generated content."""
     for name, content in sections.items():
@@ -92,7 +97,8 @@ def render(text: str, sections: dict[str, str]) -> str:
         if not pattern.search(text):
             raise ValueError(f"section {name!r} markers not found")
         replacement = f"{BEGIN.format(name=name)}\n{content}\n{END.format(name=name)}"
-        text = pattern.sub(lambda _: replacement, text)
+        # A plain string replacement would expand backslashes in the generated content.
+        text = pattern.sub(_constant(replacement), text)
     return text
 
 

@@ -41,7 +41,8 @@ def test_defaults_match_the_seed() -> None:
 
 
 def test_neither_topology_is_refused() -> None:
-    with pytest.raises(SettingsError, match=r"PLATFORM_TASKS_SENTINELS .* PLATFORM_TASKS_REDIS_URL"):
+    expected = r"PLATFORM_TASKS_SENTINELS .* PLATFORM_TASKS_REDIS_URL"
+    with pytest.raises(SettingsError, match=expected):
         load_settings({})
 
 

@@ -34,6 +34,10 @@ REQUIRED_FIELDS = ("transaction_id", "amount_minor", "currency")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
+#: A held request gives up waiting after this long, so a forgotten release() cannot hang a run.
+HOLD_LIMIT_SECONDS = 60.0
+
+
 class _RefusedError(Exception):
     """Ends a request with ``status`` and a JSON ``{"error": message}``."""
 
@@ -80,6 +84,9 @@ class PaymentGatewayStub:
         self._by_key: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         self._requests_seen = 0
         self._fail_pending = 0
+        # Cleared by hold(): charges wait, as behind a slow gateway, until release().
+        self._open = threading.Event()
+        self._open.set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -154,6 +161,14 @@ class PaymentGatewayStub:
             raise ValueError("count must not be negative")
         with self._lock:
             self._fail_pending = count
+
+    def hold(self) -> None:
+        """Make ``POST /charges`` wait (up to a minute) until :meth:`release`."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Let held and later requests through."""
+        self._open.set()
 
     # -- request handling (called from the server's threads) ----------------------------
 
@@ -240,6 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no such resource {path}"})
             return
         stub = self.server.stub
+        stub._open.wait(timeout=HOLD_LIMIT_SECONDS)
         if stub._should_fail():
             # Fail before looking at the request, like a gateway falling over. The body is
             # still drained: closing a socket with unread data resets the connection, and the
