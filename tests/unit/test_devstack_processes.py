@@ -38,9 +38,11 @@ def started() -> Iterator[list[ManagedProcess]]:
         process.stop(timeout=1.0)
 
 
-def sleeper(tmp_path: Path, name: str = "sleeper", **options: bool) -> ManagedProcess:
+def sleeper(tmp_path: Path, name: str = "sleeper", *, restart: bool = False) -> ManagedProcess:
     script = "import time; print('up', flush=True); time.sleep(60)"
-    return ManagedProcess(name, [PYTHON, "-c", script], None, tmp_path / f"{name}.log", **options)
+    return ManagedProcess(
+        name, [PYTHON, "-c", script], None, tmp_path / f"{name}.log", restart=restart
+    )
 
 
 def test_output_goes_to_the_log_file_and_stop_reaps_the_process(
