@@ -9,7 +9,7 @@ from urllib.parse import quote, urlsplit
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from platform_tasks import broker_transport, keys, propagation
+from platform_tasks import broker_transport, keys, propagation, result_backend
 from platform_tasks.queues import QUEUES, VISIBILITY_TIMEOUT_SECONDS
 from platform_tasks.redis_client import sentinel_kwargs
 from platform_tasks.schedule import beat_schedule
@@ -136,13 +136,15 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
     )
     app.settings = settings
     propagation.install()
+    broker_transport.register()
     ssl_options = _ssl_options(settings)
-    app.conf.update(
+    config = dict(
         broker_url=redis_urls(settings, settings.broker_db),
         broker_transport=(
             broker_transport.SENTINEL if settings.uses_sentinel else broker_transport.REDIS
         ),
         result_backend=redis_urls(settings, settings.result_db),
+        override_backends=result_backend.BY_SCHEME,
         broker_transport_options=_transport_options(settings),
         result_backend_transport_options=_transport_options(settings),
         broker_use_ssl=ssl_options,
@@ -196,6 +198,8 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
         redbeat_lock_key=keys.BEAT_LOCK,
         redbeat_lock_timeout=settings.beat_lock_timeout,
     )
+    # The config source, not conf.update(): Celery's loader reads override_backends only there.
+    app.config_from_object(config)
     return app
 
 

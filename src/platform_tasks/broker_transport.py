@@ -1,113 +1,189 @@
-"""kombu's Redis transports, with a restore of unacknowledged messages that outlasts a failover.
+"""kombu's Redis transports, with unacknowledged messages put back even across a failover.
 
-When a worker loses its broker connection, kombu puts the messages it had prefetched but not
-acknowledged back on their queues — once, at that very moment. During a Sentinel failover
-the master is gone at that moment, the restore fails, and kombu never tries again: those
-messages sit in the ``unacked`` hash until the visibility timeout (13 minutes here) brings
-them back. This QoS retries the restore until a master answers.
+When a worker loses its broker connection, kombu puts the messages it holds unacknowledged
+(prefetched, or running with late acks) back on their queues: once, at that very moment,
+through the connection that just failed. During a Sentinel failover the master is gone at
+that moment, the restore fails, and kombu never tries again; the messages wait in the
+``unacked`` hash for the visibility timeout (13 minutes here). Worse, kombu pops a message
+and records it as unacknowledged in a second command: if the master dies in between, the
+message exists only in the worker's memory and is lost.
+
+Here the messages a failed restore could not put back are kept in memory, with their
+payloads, and pushed back as soon as the worker consumes again, or on the transport's next
+periodic restore.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import time
+import threading
+from dataclasses import dataclass
 from typing import Any
 
+import kombu.transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
-#: How long a restore keeps trying: longer than a failover (Sentinel's down-after plus the
-#: election, a few seconds with the chart's settings), short enough not to hang a shutdown.
-RESTORE_PATIENCE_SECONDS = 60.0
 
-_RETRIABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+@dataclass(frozen=True, slots=True)
+class _Orphan:
+    """A message this process held unacknowledged when its broker connection failed."""
+
+    delivery_tag: str
+    payload: dict[str, Any]
+    exchange: str
+    routing_key: str
+
+
+class _OrphanStore:
+    """The orphans of this process, waiting for a broker to take them back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._orphans: dict[str, _Orphan] = {}
+
+    def add(self, orphans: list[_Orphan]) -> None:
+        with self._lock:
+            for orphan in orphans:
+                self._orphans[orphan.delivery_tag] = orphan
+
+    def __len__(self) -> int:
+        return len(self._orphans)
+
+    def restore(self, channel: Any) -> None:
+        """Push every orphan back through ``channel``; keep what fails for the next call."""
+        with self._lock:
+            pending = list(self._orphans.values())
+        if not pending:
+            return
+        restored = 0
+        try:
+            with channel.conn_or_acquire() as client:
+                for orphan in pending:
+                    _restore_one(channel, client, orphan)
+                    with self._lock:
+                        self._orphans.pop(orphan.delivery_tag, None)
+                    restored += 1
+        except Exception as error:  # kept for the next attempt, never lost
+            logger.warning("restored %d of %d orphaned messages; retrying later: %s",
+                           restored, len(pending), error)
+            return
+        logger.warning("restored %d messages held when the broker connection failed", restored)
+
+
+def _restore_one(channel: Any, client: Any, orphan: _Orphan) -> None:
+    """Requeue ``orphan`` and drop its unacked record, in one transaction.
+
+    The recorded copy is preferred; a message never recorded (popped, then the master died)
+    is requeued from memory.
+    """
+    unacked_key, index_key = channel.unacked_key, channel.unacked_index_key
+
+    def requeue(pipe: Any) -> None:
+        recorded = pipe.hget(unacked_key, orphan.delivery_tag)
+        pipe.multi()
+        pipe.zrem(index_key, orphan.delivery_tag)
+        pipe.hdel(unacked_key, orphan.delivery_tag)
+        if recorded:
+            payload, exchange, routing_key = json.loads(recorded)
+        else:
+            payload, exchange, routing_key = orphan.payload, orphan.exchange, orphan.routing_key
+        channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost=True)
+
+    client.transaction(requeue, unacked_key)
+
+
+ORPHANS = _OrphanStore()
 
 
 class FailoverTolerantQoS(kombu_redis.QoS):
-    """Puts back unacknowledged messages even when the broker is failing over.
-
-    Two gaps are closed. kombu restores a lost connection's unacked messages exactly once,
-    right when the master is gone; this retries until a master answers. And kombu pops a
-    message, then records it as unacked in a second command: if the master dies between the
-    two, the message exists only in this process. Such a message is kept here and pushed
-    back onto its queue with the rest.
-    """
+    """kombu's QoS, handing what it cannot restore to :data:`ORPHANS` instead of dropping it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        self._unrecorded: dict[str, Any] = {}
+        self._restored: set[str] = set()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         try:
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
-        except _RETRIABLE:
-            self._unrecorded[delivery_tag] = message
-            # Tracked as delivered in memory, so the restore at connection loss sees it.
+        except Exception:
+            # Popped from its queue but not recorded as unacked: only this process has it.
             kombu_virtual.QoS.append(self, message, delivery_tag)
             raise
 
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        # The transport's periodic sweep: also the retry for orphans a first attempt missed.
+        ORPHANS.restore(self.channel)
+        return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
+        super().restore_by_tag(tag, client=client, leftmost=leftmost)  # type: ignore[no-untyped-call]
+        self._restored.add(tag)
+
     def restore_unacked(self, client: Any = None) -> None:
-        delay = 0.25
-        deadline = time.monotonic() + RESTORE_PATIENCE_SECONDS
-        while True:
-            try:
-                self._restore_unrecorded()
-                # Each tag is restored in its own transaction that also drops it from the
-                # unacked hash, so a retry after a partial restore never duplicates a message.
-                super().restore_unacked(client)  # type: ignore[no-untyped-call]
-                return
-            except _RETRIABLE as error:
-                if time.monotonic() >= deadline:
-                    logger.error(
-                        "could not restore %d unacknowledged messages (%s); recorded ones "
-                        "return after the visibility timeout",
-                        len(self._delivered),
-                        error,
-                    )
-                    raise
-                logger.warning("broker unavailable while restoring unacked messages (%s); "
-                               "retrying in %.2fs", error, delay)
-                client = None  # the next attempt asks the Sentinels for the current master
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _restore_unrecorded(self) -> None:
-        for tag in list(self._unrecorded):
-            message = self._unrecorded[tag]
-            delivery = message.delivery_info
-            with self.channel.conn_or_acquire() as client, client.pipeline() as pipe:
-                self.channel._do_restore_message(
-                    message._raw, delivery["exchange"], delivery["routing_key"], pipe,
-                    leftmost=True,
+        try:
+            super().restore_unacked(client)  # type: ignore[no-untyped-call]
+        except Exception as error:  # any failure here would lose them
+            orphans = [
+                _Orphan(
+                    delivery_tag=tag,
+                    payload=message._raw,
+                    exchange=message.delivery_info["exchange"],
+                    routing_key=message.delivery_info["routing_key"],
                 )
-                pipe.execute()
-            del self._unrecorded[tag]
-            self._delivered.pop(tag, None)
+                for tag, message in list(self._delivered.items())
+                if tag not in self._restored
+            ]
+            self._delivered.clear()
+            ORPHANS.add(orphans)
+            logger.warning("could not restore %d unacknowledged messages now (%s); they go "
+                           "back as soon as the broker answers", len(orphans), error)
+        finally:
+            self._restored.clear()
 
 
-class Channel(kombu_redis.Channel):
+class _RestoresOrphans:
+    """Channel behaviour: give the orphans back as soon as a new connection consumes."""
+
+    def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
+        ORPHANS.restore(self)
+        return super().basic_consume(*args, **kwargs)  # type: ignore[misc]
+
+
+class Channel(_RestoresOrphans, kombu_redis.Channel):
     QoS = FailoverTolerantQoS
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):
+class SentinelChannel(_RestoresOrphans, kombu_redis.SentinelChannel):
     QoS = FailoverTolerantQoS
 
 
 class Transport(kombu_redis.Transport):
-    """``redis://`` broker with :class:`FailoverTolerantQoS`."""
+    """``redis://`` broker whose unacknowledged messages survive a failed restore."""
 
     Channel = Channel
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
-    """``sentinel://`` broker with :class:`FailoverTolerantQoS`."""
+    """``sentinel://`` broker whose unacknowledged messages survive a failed restore."""
 
     Channel = SentinelChannel
 
 
 REDIS = f"{__name__}:Transport"
 SENTINEL = f"{__name__}:SentinelTransport"
+
+
+def register() -> None:
+    """Make the ``redis``, ``rediss`` and ``sentinel`` URL schemes mean these transports.
+
+    Setting ``broker_transport`` is not enough: after a connection error kombu switches to
+    the next ``sentinel://`` URL of the broker list and resolves the transport from that
+    URL's scheme again.
+    """
+    for scheme, path in (("redis", REDIS), ("rediss", REDIS), ("sentinel", SENTINEL)):
+        kombu_transport.TRANSPORT_ALIASES[scheme] = path
+        kombu_transport._transport_cache.pop(scheme, None)

@@ -21,6 +21,7 @@ from platform_tasks.app import PUBLISH_RETRY_POLICY, PlatformCelery, create_app
 from platform_tasks.contracts import TASKS, InvalidArgumentsError
 from platform_tasks.queues import QUEUE_NAMES, VISIBILITY_TIMEOUT_SECONDS
 from platform_tasks.redis_client import connect
+from platform_tasks.redis_errors import retry_transient_replies
 from platform_tasks.settings import Settings, load_settings
 
 #: How long an idempotency key keeps a second enqueue of the same task from publishing again.
@@ -29,6 +30,9 @@ IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
 #: A delay longer than this would outlive the broker's visibility timeout: Redis would hand
 #: the waiting message to a second worker, and the task would run twice.
 MAX_DELAY_SECONDS = VISIBILITY_TIMEOUT_SECONDS - 60
+
+#: How long an enqueue keeps retrying transient Redis replies (see redis_errors).
+PUBLISH_BUDGET_SECONDS = 40.0
 
 _ID_NAMESPACE = uuid.UUID("6f0c8a55-2f7e-4f69-9d1e-7c3b1f1d5a10")
 
@@ -163,7 +167,13 @@ class TaskProducer:
                 raise InvalidPayloadError("idempotency_key must be 1-255 characters")
             task_id = str(uuid.uuid5(_ID_NAMESPACE, f"{task_name}\n{idempotency_key}"))
             dedup_key = keys.enqueue_dedup(task_name, idempotency_key)
-            if not self._redis.set(dedup_key, task_id, nx=True, ex=IDEMPOTENCY_WINDOW_SECONDS):
+            claimed = retry_transient_replies(
+                lambda: self._redis.set(
+                    dedup_key, task_id, nx=True, ex=IDEMPOTENCY_WINDOW_SECONDS
+                ),
+                budget_seconds=PUBLISH_BUDGET_SECONDS,
+            )
+            if not claimed:
                 return task_id
 
         message_headers: dict[str, Any] = {
@@ -173,16 +183,21 @@ class TaskProducer:
         if idempotency_key is not None:
             message_headers[headers.IDEMPOTENCY_KEY] = idempotency_key
         try:
-            self.app.send_task(
-                task_name,
-                args=list(args),
-                kwargs=call_kwargs,
-                queue=queue,
-                task_id=task_id,
-                eta=when,
-                headers=message_headers,
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
+            # kombu retries connection errors itself; a new master that has no replica in
+            # sync yet answers NOREPLICAS, which only this outer retry gets past.
+            retry_transient_replies(
+                lambda: self.app.send_task(
+                    task_name,
+                    args=list(args),
+                    kwargs=call_kwargs,
+                    queue=queue,
+                    task_id=task_id,
+                    eta=when,
+                    headers=message_headers,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY_POLICY,
+                ),
+                budget_seconds=PUBLISH_BUDGET_SECONDS,
             )
         except BaseException:
             if dedup_key is not None:

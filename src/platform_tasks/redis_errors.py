@@ -1,0 +1,42 @@
+"""Redis replies that mean "not now" rather than "never", and retrying through them.
+
+Around a Sentinel failover a client can be told ``NOREPLICAS`` (the new master has no
+replica in sync yet, and ``min-replicas-to-write`` protects against lost writes),
+``READONLY`` (it still talks to the demoted master), ``LOADING`` or ``MASTERDOWN``. redis-py
+and kombu treat these as plain errors, not connection errors, so their retries skip them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+ResultT = TypeVar("ResultT")
+
+TRANSIENT_REPLY_PREFIXES = ("NOREPLICAS", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN")
+
+
+def is_transient_reply(error: BaseException) -> bool:
+    """Whether ``error`` is a Redis reply that a retry a little later can get past."""
+    if isinstance(error, redis.ReadOnlyError | redis.BusyLoadingError):
+        return True
+    return isinstance(error, redis.ResponseError) and str(error).startswith(
+        TRANSIENT_REPLY_PREFIXES
+    )
+
+
+def retry_transient_replies(call: Callable[[], ResultT], *, budget_seconds: float) -> ResultT:
+    """``call()``, retried with backoff while Redis answers with a transient reply."""
+    deadline = time.monotonic() + budget_seconds
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except redis.RedisError as error:
+            if not is_transient_reply(error) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
