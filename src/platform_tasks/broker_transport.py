@@ -114,6 +114,28 @@ class FailoverTolerantQoS(kombu_redis.QoS):
             kombu_virtual.QoS.append(self, message, delivery_tag)
             raise
 
+    def ack(self, delivery_tag: str) -> None:
+        if self._channel_closed():
+            return
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._channel_closed():
+            return
+        super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+
+    def _channel_closed(self) -> bool:
+        """A task that finishes after its connection was lost acks on the dead channel.
+
+        kombu then crashes the worker (its channel has no connection any more). The message
+        was already handed back when the connection closed, so the ack has nothing to do:
+        the task runs again (at least once, never lost).
+        """
+        if self.channel.connection is not None:
+            return False
+        logger.info("not acknowledging on a closed channel; the message was requeued")
+        return True
+
     def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
         # The transport's periodic sweep: also the retry for orphans a first attempt missed.
         ORPHANS.restore(self.channel)
