@@ -74,7 +74,16 @@ class _OrphanStore:
         logger.warning("restored %d messages held when the broker connection failed", restored)
 
 
-def _restore_one(channel: Any, client: Any, orphan: _Orphan) -> None:
+def _orphan_of(delivery_tag: str, message: Any) -> _Orphan:
+    return _Orphan(
+        delivery_tag=delivery_tag,
+        payload=message._raw,
+        exchange=message.delivery_info["exchange"],
+        routing_key=message.delivery_info["routing_key"],
+    )
+
+
+def _restore_one(channel: Any, client: Any, orphan: _Orphan, *, leftmost: bool = True) -> None:
     """Requeue ``orphan`` and drop its unacked record, in one transaction.
 
     The recorded copy is preferred; a message never recorded (popped, then the master died)
@@ -91,7 +100,7 @@ def _restore_one(channel: Any, client: Any, orphan: _Orphan) -> None:
             payload, exchange, routing_key = json.loads(recorded)
         else:
             payload, exchange, routing_key = orphan.payload, orphan.exchange, orphan.routing_key
-        channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost=True)
+        channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost=leftmost)
 
     client.transaction(requeue, unacked_key)
 
@@ -142,7 +151,15 @@ class FailoverTolerantQoS(kombu_redis.QoS):
         return super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> None:
-        super().restore_by_tag(tag, client=client, leftmost=leftmost)  # type: ignore[no-untyped-call]
+        message = self._delivered.get(tag)
+        if message is None:
+            super().restore_by_tag(tag, client=client, leftmost=leftmost)  # type: ignore[no-untyped-call]
+        else:
+            # kombu restores only from the unacked record; a message whose record was never
+            # written would be dropped, so the copy in memory stands in for it.
+            with self.channel.conn_or_acquire(client) as connection:
+                _restore_one(self.channel, connection, _orphan_of(tag, message),
+                             leftmost=leftmost)
         self._restored.add(tag)
 
     def restore_unacked(self, client: Any = None) -> None:
@@ -150,12 +167,7 @@ class FailoverTolerantQoS(kombu_redis.QoS):
             super().restore_unacked(client)  # type: ignore[no-untyped-call]
         except Exception as error:  # any failure here would lose them
             orphans = [
-                _Orphan(
-                    delivery_tag=tag,
-                    payload=message._raw,
-                    exchange=message.delivery_info["exchange"],
-                    routing_key=message.delivery_info["routing_key"],
-                )
+                _orphan_of(tag, message)
                 for tag, message in list(self._delivered.items())
                 if tag not in self._restored
             ]

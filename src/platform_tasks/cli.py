@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
 from platform_tasks.queues import QUEUE_NAMES, policy_for
 from platform_tasks.settings import Settings, SettingsError, load_settings
 
@@ -81,7 +84,12 @@ def cmd_enqueue(options: argparse.Namespace, settings: Settings) -> int:
         )
         print(task_id)
         if options.wait is not None:
-            print(json.dumps(_status_dict(producer.wait(task_id, options.wait)), default=str))
+            try:
+                outcome = producer.wait(task_id, options.wait)
+            except TimeoutError as error:
+                print(f"platform-tasks: {error}", file=sys.stderr)
+                return 1
+            print(json.dumps(_status_dict(outcome), default=str))
     finally:
         producer.close()
     return 0
@@ -220,4 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, ProducerError):
             print(f"platform-tasks: refused: {type(error).__name__}: {error}", file=sys.stderr)
             return 2
+        if isinstance(error, RedisError | OperationalError):
+            print(f"platform-tasks: broker unavailable: {type(error).__name__}: {error}",
+                  file=sys.stderr)
+            return 1
         raise

@@ -6,6 +6,7 @@ a refused call leaves no trace on the broker.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -14,22 +15,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from celery.result import AsyncResult
 
 from platform_tasks import headers, keys
 from platform_tasks.app import PUBLISH_RETRY_POLICY, PlatformCelery, create_app
 from platform_tasks.contracts import TASKS, InvalidArgumentsError
-from platform_tasks.queues import QUEUE_NAMES, VISIBILITY_TIMEOUT_SECONDS
+from platform_tasks.queues import QUEUE_NAMES, policy_for
 from platform_tasks.redis_client import connect
-from platform_tasks.redis_errors import retry_transient_replies
+from platform_tasks.redis_errors import retry_through_failover
 from platform_tasks.settings import Settings, load_settings
 
 #: How long an idempotency key keeps a second enqueue of the same task from publishing again.
 IDEMPOTENCY_WINDOW_SECONDS = 24 * 3600
-
-#: A delay longer than this would outlive the broker's visibility timeout: Redis would hand
-#: the waiting message to a second worker, and the task would run twice.
-MAX_DELAY_SECONDS = VISIBILITY_TIMEOUT_SECONDS - 60
+#: How long a claimed but not yet published key blocks others (a producer died mid-publish).
+PENDING_CLAIM_SECONDS = 60
+PENDING, PUBLISHED = "pending", "published"
 
 #: How long an enqueue keeps retrying transient Redis replies (see redis_errors).
 PUBLISH_BUDGET_SECONDS = 40.0
@@ -61,6 +62,10 @@ class PayloadTooLargeError(ProducerError):
     """The encoded arguments exceed ``PLATFORM_TASKS_MAX_PAYLOAD_BYTES``."""
 
 
+class EnqueueInProgressError(ProducerError):
+    """Another enqueue with the same idempotency key is being published right now."""
+
+
 class InvalidScheduleError(ProducerError):
     """``countdown``/``eta`` are contradictory, in the past, or too far ahead."""
 
@@ -83,7 +88,9 @@ class TaskStatus:
         return self.state in {"SUCCESS", "FAILURE", "REVOKED"}
 
 
-def _check_schedule(countdown: float | None, eta: datetime | None) -> datetime | None:
+def _check_schedule(
+    countdown: float | None, eta: datetime | None, max_delay: int
+) -> datetime | None:
     if countdown is not None and eta is not None:
         raise InvalidScheduleError("give either countdown or eta, not both")
     if countdown is not None:
@@ -95,10 +102,12 @@ def _check_schedule(countdown: float | None, eta: datetime | None) -> datetime |
     if eta.tzinfo is None:
         raise InvalidScheduleError("eta must be timezone-aware (e.g. datetime.now(UTC))")
     delay = (eta - datetime.now(UTC)).total_seconds()
-    if delay > MAX_DELAY_SECONDS:
+    if delay > max_delay:
+        # The worker holds a delayed message unacknowledged; past the visibility timeout
+        # Redis would hand it to a second worker and the task would run twice.
         raise InvalidScheduleError(
-            f"eta is {delay:.0f}s ahead; the most the broker holds safely is "
-            f"{MAX_DELAY_SECONDS}s (use a beat schedule for later work)"
+            f"eta is {delay:.0f}s ahead; this queue holds delayed work safely for at most "
+            f"{max_delay}s (use a beat schedule for later work)"
         )
     return eta
 
@@ -152,13 +161,15 @@ class TaskProducer:
             )
         if isinstance(args, str | bytes) or not isinstance(args, Sequence):
             raise InvalidPayloadError(f"{task_name}: args must be a list or tuple")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise InvalidPayloadError(f"{task_name}: kwargs must be a mapping of names to values")
         call_kwargs = dict(kwargs or {})
         _encode(task_name, args, call_kwargs, self.settings.max_payload_bytes)
         try:
             contract.bind(args, call_kwargs)
         except InvalidArgumentsError as error:
             raise InvalidPayloadError(str(error)) from None
-        when = _check_schedule(countdown, eta)
+        when = _check_schedule(countdown, eta, policy_for(queue).max_delay_seconds)
 
         task_id = str(uuid.uuid4())
         dedup_key: str | None = None
@@ -167,13 +178,7 @@ class TaskProducer:
                 raise InvalidPayloadError("idempotency_key must be 1-255 characters")
             task_id = str(uuid.uuid5(_ID_NAMESPACE, f"{task_name}\n{idempotency_key}"))
             dedup_key = keys.enqueue_dedup(task_name, idempotency_key)
-            claimed = retry_transient_replies(
-                lambda: self._redis.set(
-                    dedup_key, task_id, nx=True, ex=IDEMPOTENCY_WINDOW_SECONDS
-                ),
-                budget_seconds=PUBLISH_BUDGET_SECONDS,
-            )
-            if not claimed:
+            if not self._claim(dedup_key):
                 return task_id
 
         message_headers: dict[str, Any] = {
@@ -185,7 +190,7 @@ class TaskProducer:
         try:
             # kombu retries connection errors itself; a new master that has no replica in
             # sync yet answers NOREPLICAS, which only this outer retry gets past.
-            retry_transient_replies(
+            retry_through_failover(
                 lambda: self.app.send_task(
                     task_name,
                     args=list(args),
@@ -201,10 +206,36 @@ class TaskProducer:
             )
         except BaseException:
             if dedup_key is not None:
-                # Not published: let the caller's retry with the same key publish it.
-                self._redis.delete(dedup_key)
+                # Not published: let the caller's retry with the same key publish it. If this
+                # delete fails too, the pending claim expires within a minute.
+                with contextlib.suppress(redis.RedisError):
+                    self._redis.delete(dedup_key)
             raise
+        if dedup_key is not None:
+            retry_through_failover(
+                lambda: self._redis.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS),
+                budget_seconds=PUBLISH_BUDGET_SECONDS,
+            )
         return task_id
+
+    def _claim(self, dedup_key: str) -> bool:
+        """Claim an idempotency key for one publish; False when it was already published.
+
+        The claim is short-lived until the publish succeeds, so a producer that dies in
+        between blocks the key for a minute, not for the whole idempotency window.
+        """
+        claimed = retry_through_failover(
+            lambda: self._redis.set(dedup_key, PENDING, nx=True, ex=PENDING_CLAIM_SECONDS),
+            budget_seconds=PUBLISH_BUDGET_SECONDS,
+        )
+        if claimed:
+            return True
+        if self._redis.get(dedup_key) == PENDING:
+            raise EnqueueInProgressError(
+                "another enqueue with this idempotency key is being published; retry in "
+                f"{PENDING_CLAIM_SECONDS}s if it does not show up"
+            )
+        return False
 
     def status(self, task_id: str) -> TaskStatus:
         """The task's state (``PENDING`` also means unknown or expired) and its outcome."""
@@ -246,7 +277,12 @@ class TaskProducer:
 
         The id is also kept in Redis for a day so workers that start later honour it.
         """
-        self._redis.set(keys.revoked(task_id), "1", ex=self.settings.result_expires_seconds)
+        retry_through_failover(
+            lambda: self._redis.set(
+                keys.revoked(task_id), "1", ex=self.settings.result_expires_seconds
+            ),
+            budget_seconds=PUBLISH_BUDGET_SECONDS,
+        )
         self.app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
 
     def close(self) -> None:

@@ -14,6 +14,12 @@ from typing import Literal
 
 Pool = Literal["prefork", "threads", "solo"]
 
+#: Redis re-delivers an unacknowledged message after this many seconds (kombu's default).
+#: Every queue's longest hold (prefetched wait plus its own run) must fit inside it, or a task
+#: still waiting or running would be handed to a second worker.
+VISIBILITY_TIMEOUT_SECONDS = 3600
+VISIBILITY_MARGIN_SECONDS = 60
+
 
 class QueueName(StrEnum):
     EMAIL = "email"
@@ -61,6 +67,21 @@ class QueuePolicy:
             raise ValueError(f"{self.name}: the soft time limit must be below the hard one")
         if self.concurrency < 1 or self.prefetch_multiplier < 1:
             raise ValueError(f"{self.name}: concurrency and prefetch must be at least 1")
+
+    @property
+    def longest_hold_seconds(self) -> int:
+        """Longest a delivered message can stay unacknowledged on this queue's worker.
+
+        It may wait behind every prefetched message (one per pool slot) running to its hard
+        limit, then run to the hard limit itself.
+        """
+        return (self.prefetch_multiplier + 1) * self.time_limit
+
+    @property
+    def max_delay_seconds(self) -> int:
+        """Longest countdown/eta this queue accepts: a worker holds a delayed message
+        unacknowledged while it waits, and must still finish it within the visibility timeout."""
+        return VISIBILITY_TIMEOUT_SECONDS - self.longest_hold_seconds - VISIBILITY_MARGIN_SECONDS
 
     @property
     def enforces_time_limits(self) -> bool:
@@ -127,9 +148,8 @@ QUEUES: Mapping[QueueName, QueuePolicy] = MappingProxyType(
 
 QUEUE_NAMES: tuple[str, ...] = tuple(str(name) for name in QUEUES)
 
-#: Redis re-delivers an unacknowledged message after this many seconds. It must exceed the
-#: longest hard time limit, or a task still running would be handed to a second worker.
-VISIBILITY_TIMEOUT_SECONDS: int = 2 * max(policy.time_limit for policy in QUEUES.values()) + 60
+if any(policy.max_delay_seconds < 60 for policy in QUEUES.values()):
+    raise ValueError("a queue holds messages longer than the visibility timeout allows")
 
 
 def policy_for(queue: str) -> QueuePolicy:

@@ -56,6 +56,10 @@ def connect(settings: Settings, *, db: int | None = None) -> redis.Redis:
         master: redis.Redis = sentinel.master_for(settings.sentinel_master, **common)
         return master
     assert settings.redis_url is not None
-    common.update(tls_options(settings))
-    common.pop("ssl", None)  # the rediss:// scheme decides, from_url rejects ssl=
-    return redis.Redis.from_url(settings.redis_url, **common)
+    url = settings.redis_url
+    if settings.redis_tls and url.startswith("redis://"):
+        url = "rediss://" + url.removeprefix("redis://")
+    if url.startswith("rediss://"):
+        common.update(tls_options(settings))
+        common.pop("ssl", None)  # the rediss:// scheme already says so; from_url rejects ssl=
+    return redis.Redis.from_url(url, **common)

@@ -28,15 +28,16 @@ def is_transient_reply(error: BaseException) -> bool:
     )
 
 
-def retry_transient_replies(call: Callable[[], ResultT], *, budget_seconds: float) -> ResultT:
-    """``call()``, retried with backoff while Redis answers with a transient reply."""
+def retry_through_failover(call: Callable[[], ResultT], *, budget_seconds: float) -> ResultT:
+    """``call()``, retried with backoff through lost connections and transient replies."""
     deadline = time.monotonic() + budget_seconds
     delay = 0.1
     while True:
         try:
             return call()
         except redis.RedisError as error:
-            if not is_transient_reply(error) or time.monotonic() + delay > deadline:
+            retriable = isinstance(error, redis.ConnectionError | redis.TimeoutError)
+            if not (retriable or is_transient_reply(error)) or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)

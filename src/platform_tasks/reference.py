@@ -51,8 +51,8 @@ def queues_table() -> str:
     """Every queue's policy, as the workers run it."""
     rows = [
         "| queue | pool | concurrency | prefetch | acks | soft / hard limit (s) | retries "
-        "(backoff) | rate limit | soft shutdown (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(backoff) | rate limit | soft shutdown (s) | longest countdown (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy in QUEUES.values():
         retry = policy.retry
@@ -61,7 +61,8 @@ def queues_table() -> str:
             f"{policy.prefetch_multiplier} | {'late' if policy.acks_late else 'early'} | "
             f"{policy.soft_time_limit} / {policy.time_limit} | {retry.max_retries} "
             f"({retry.backoff_seconds}s doubling to {retry.backoff_max_seconds}s, jitter) | "
-            f"{policy.rate_limit or '—'} | {policy.soft_shutdown_seconds} |"
+            f"{policy.rate_limit or '—'} | {policy.soft_shutdown_seconds} | "
+            f"{policy.max_delay_seconds} |"
         )
     rows.append("")
     rows.append(f"Broker visibility timeout: {VISIBILITY_TIMEOUT_SECONDS} s.")

@@ -59,11 +59,14 @@ def _parse_sentinels(raw: object) -> tuple[SentinelAddress, ...]:
         items = [part.strip() for part in raw.split(",") if part.strip()]
     else:
         raise ValueError("expected a comma-separated list of host:port")
-    addresses = []
+    addresses: list[SentinelAddress] = []
     for item in items:
         host, sep, port_text = item.rpartition(":")
         if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"expected host:port with a port in 1-65535, got {item!r}")
+            # The entry itself is not echoed: a pasted URL could carry a password.
+            raise ValueError(
+                f"expected host:port with a port in 1-65535 (entry {len(addresses) + 1})"
+            )
         addresses.append(SentinelAddress((host.strip("[]"), int(port_text))))
     return tuple(addresses)
 

@@ -77,12 +77,15 @@ def test_payment_is_retried_through_gateway_failures_and_charged_once(
     assert stack.gateway is not None
     key = unique("order")
     stack.gateway.fail_next(2)
+    calls_before = stack.gateway.requests_seen
     task_id = producer.enqueue(PAYMENT, queue="payments", kwargs=payment_kwargs(key))
     outcome = producer.wait(task_id, timeout=90)
     assert outcome.state == "SUCCESS", outcome.error
     assert outcome.retries == 2
     assert outcome.result["amount"] == "19.99"
     assert outcome.result["deduplicated"] is False
+    # Two 503s and one charge: each attempt called the gateway once.
+    assert stack.gateway.requests_seen - calls_before == 3
     assert stack.gateway.charge_count(key) == 1
 
 
@@ -94,12 +97,16 @@ def test_a_payment_delivered_twice_is_charged_once(
     kwargs = payment_kwargs(key, amount="5.00")
     client = connect(stack.settings())
     before = _succeeded(client, PAYMENT)
+    calls_before = stack.gateway.requests_seen
     # The same message published twice, as a redelivery or a producer retry would do.
     task_id = str(uuid.uuid4())
     for _ in range(2):
         producer.app.send_task(PAYMENT, kwargs=kwargs, queue="payments", task_id=task_id)
     assert producer.wait(task_id, timeout=60).state == "SUCCESS"
     _wait_until(lambda: _succeeded(client, PAYMENT) >= before + 2, timeout=60)
+    # Both deliveries ran; only one reached the gateway, the other found the stored charge
+    # (or waited on the lock and then found it). The gateway's own dedupe was never needed.
+    assert stack.gateway.requests_seen - calls_before == 1
     assert stack.gateway.charge_count(key) == 1
     client.close()
 

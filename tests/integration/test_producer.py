@@ -17,7 +17,6 @@ import redis
 from platform_tasks import headers
 from platform_tasks.devstack.topology import SentinelTopology
 from platform_tasks.producer import (
-    MAX_DELAY_SECONDS,
     InvalidPayloadError,
     InvalidScheduleError,
     PayloadNotJSONError,
@@ -27,9 +26,12 @@ from platform_tasks.producer import (
     UnknownQueueError,
     UnknownTaskError,
 )
+from platform_tasks.queues import policy_for
 from platform_tasks.settings import load_settings
 
 pytestmark = pytest.mark.integration
+
+MAX_DELAY_SECONDS = policy_for("default").max_delay_seconds
 
 ADD = "platform_tasks.default.add_numbers"
 WELCOME = "platform_tasks.email.send_welcome_email"
@@ -63,6 +65,14 @@ def broker_keys(master: redis.Redis) -> dict[int, list[str]]:
 REFUSALS: list[tuple[str, dict[str, Any], type[ProducerError], str]] = [
     ("unknown queue", {"task_name": ADD, "queue": "urgent", "args": [1, 2]},
      UnknownQueueError, "unknown queue 'urgent'; known queues: email, media, payments, default"),
+    ("kwargs not a mapping", {"task_name": ADD, "queue": "default", "kwargs": [("x", 1)]},
+     InvalidPayloadError, "kwargs must be a mapping"),
+    ("empty idempotency key", {"task_name": ADD, "queue": "default", "args": [1, 2],
+                               "idempotency_key": ""},
+     InvalidPayloadError, "idempotency_key must be 1-255 characters"),
+    ("refused with an idempotency key", {"task_name": ADD, "queue": "default",
+                                         "args": [1, "x"], "idempotency_key": "k-1"},
+     InvalidPayloadError, "y:"),
     ("unknown task", {"task_name": "platform_tasks.default.sub", "queue": "default"},
      UnknownTaskError, "unknown task 'platform_tasks.default.sub'"),
     ("wrong type", {"task_name": ADD, "queue": "default", "args": [1, "two"]},

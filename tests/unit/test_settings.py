@@ -112,6 +112,7 @@ def test_secrets_never_appear_in_errors() -> None:
         redis_password=SECRET,
         sentinel_password=SECRET,
         smtp_password=SECRET,
+        sentinels=f"sentinel://:{SECRET}@h:bad",
         broker_db=SECRET,
         redis_url=f"redis://:{SECRET}@h:6379",
     )
