@@ -30,6 +30,9 @@ def _json_argument(text: str, what: str) -> Any:
 def _worker_argv(queue: str, settings: Settings, concurrency: int | None) -> list[str]:
     policy = policy_for(queue)
     return [
+        # Quiet: no start-up banner printed around the logging pipeline (the first log
+        # lines say what it said).
+        "--quiet",
         "worker",
         f"--queues={queue}",
         f"--pool={policy.pool}",
@@ -44,12 +47,14 @@ def _worker_argv(queue: str, settings: Settings, concurrency: int | None) -> lis
 def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
     from platform_tasks import worker_hooks
     from platform_tasks.app import create_app
+    from platform_tasks.observability.logging import route_worker_messages
 
     policy = policy_for(options.queue)
     app = create_app(settings)
     # A SIGTERM gives running tasks this long to finish before the cold shutdown requeues them.
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
     worker_hooks.install()
+    route_worker_messages()
     app.worker_main(_worker_argv(options.queue, settings, options.concurrency))
     return 0
 
@@ -58,7 +63,7 @@ def cmd_beat(options: argparse.Namespace, settings: Settings) -> int:
     from platform_tasks.app import create_app
 
     app = create_app(settings)
-    app.start(["beat", f"--loglevel={settings.log_level}"])
+    app.start(["--quiet", "beat", f"--loglevel={settings.log_level}"])
     return 0
 
 
@@ -207,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands whose stdout is the logs; the others print their answer there and log to stderr.
+_LOGS_ON_STDOUT = frozenset({"worker", "beat", "dev"})
+
+
+def _configure_logging(command: str, settings: Settings | None) -> None:
+    from platform_tasks.observability import configure_logging
+
+    stream = sys.stdout if command in _LOGS_ON_STDOUT else sys.stderr
+    # `dev` runs without settings: console lines for the person watching the terminal.
+    configure_logging(settings, process=command, stream=stream)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
     try:
@@ -214,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings: Settings | None = load_settings()
         else:
             settings = None
+        _configure_logging(options.command, settings)
         result: int = options.handler(options, settings)
         return result
     except SettingsError as error:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+import structlog
 from celery.result import AsyncResult
 
 from platform_tasks import headers, keys
@@ -34,6 +35,8 @@ PENDING, PUBLISHED = "pending", "published"
 
 #: How long an enqueue keeps retrying transient Redis replies (see redis_errors).
 PUBLISH_BUDGET_SECONDS = 40.0
+
+logger = structlog.get_logger("platform_tasks.producer")
 
 _ID_NAMESPACE = uuid.UUID("6f0c8a55-2f7e-4f69-9d1e-7c3b1f1d5a10")
 
@@ -216,6 +219,13 @@ class TaskProducer:
                 lambda: self._redis.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS),
                 budget_seconds=PUBLISH_BUDGET_SECONDS,
             )
+        logger.debug(
+            "task_enqueued",
+            task_name=task_name,
+            queue=queue,
+            task_id=task_id,
+            correlation_id=message_headers[headers.CORRELATION_ID],
+        )
         return task_id
 
     def _claim(self, dedup_key: str) -> bool:

@@ -32,6 +32,7 @@ from pydantic_settings import (
 ENV_PREFIX = "PLATFORM_TASKS_"
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["json", "console"]
 
 
 class SettingsError(ValueError):
@@ -147,6 +148,10 @@ class Settings(BaseSettings):
         default=30, ge=5, le=3600, description="seconds a dead beat's lock blocks its successor"
     )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: LogFormat = Field(
+        default="json",
+        description="json (one object per line, for machines) or console (for people)",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -192,6 +197,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("redis_tls_ca_file")
     @classmethod

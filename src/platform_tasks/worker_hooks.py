@@ -1,4 +1,4 @@
-"""What a worker process does at start-up beyond Celery's own: revoked ids and statistics."""
+"""What a worker process does at start-up beyond Celery's own: revoked ids, statistics, logs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from celery.worker import state as worker_state
 
 from platform_tasks import keys, stats
 from platform_tasks.app import PlatformCelery
+from platform_tasks.observability import task_context
 from platform_tasks.redis_client import connect
 
 logger = logging.getLogger(__name__)
@@ -35,3 +36,4 @@ def install() -> None:
     """Connect the worker's start-up hooks; called once by the ``worker`` command."""
     worker_ready.connect(_load_revoked, weak=False, dispatch_uid="platform-tasks-revoked")
     stats.connect_signals()
+    task_context.install()

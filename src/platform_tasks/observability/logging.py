@@ -1,0 +1,220 @@
+"""One log pipeline per process: structlog events and stdlib records, one JSON object per line.
+
+:func:`configure_logging` gives the root logger a single handler whose formatter runs the
+same structlog processors over Celery's, kombu's and redis' stdlib records as over the
+platform's own events, so every line has the same keys and passes the same redaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import Processor
+
+from platform_tasks.observability.redaction import Redactor
+from platform_tasks.settings import LogFormat, LogLevel, Settings
+
+#: Marks the handler this module installs, so a second call replaces it instead of adding one.
+_HANDLER_NAME = "platform-tasks"
+
+#: Loggers too chatty at INFO: Celery's strategy says what task_received says, aiosmtpd (the
+#: dev stack's SMTP sink) logs every connection.
+_QUIET_LOGGERS = ("celery.worker.strategy", "mail.log")
+
+_process_name = "platform-tasks"
+#: The last call's arguments, for a child process that finds its handler gone.
+_last_call: dict[str, Any] = {}
+
+
+def _celery_task_lines() -> frozenset[str]:
+    from celery.app import trace
+
+    templates = (
+        trace.LOG_RECEIVED,
+        trace.LOG_SUCCESS,
+        trace.LOG_FAILURE,
+        trace.LOG_IGNORED,
+        trace.LOG_REJECTED,
+        trace.LOG_RETRY,
+    )
+    return frozenset(template.strip() for template in templates)
+
+
+class _DropCeleryTaskLines(logging.Filter):
+    """Drops ``Task x[id] succeeded in …`` and its siblings: logged once, as our events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lines = _celery_task_lines()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.strip() in self._lines)
+
+
+def _add_process(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # The pid is read per line: prefork children share the parent's configuration.
+    event_dict.setdefault("process", _process_name)
+    event_dict.setdefault("pid", os.getpid())
+    return event_dict
+
+
+def _secrets(settings: Settings | None) -> list[str]:
+    if settings is None:
+        return []
+    found = [
+        secret.get_secret_value()
+        for secret in (settings.redis_password, settings.sentinel_password, settings.smtp_password)
+        if secret is not None
+    ]
+    if settings.redis_url:
+        from urllib.parse import unquote, urlsplit
+
+        password = urlsplit(settings.redis_url).password
+        if password:
+            found.append(unquote(password))
+    return found
+
+
+def build_processors(
+    settings: Settings | None, log_format: LogFormat
+) -> tuple[list[Processor], list[Processor]]:
+    """The shared pre-chain and the final chain (exception formatting, redaction, renderer)."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_process,
+    ]
+    renderer: Processor
+    final: list[Processor] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
+    if log_format == "console":
+        final.append(Redactor(_secrets(settings)))
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        final.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+        final.append(Redactor(_secrets(settings)))
+        renderer = structlog.processors.JSONRenderer()
+    final.append(renderer)
+    return shared, final
+
+
+def configure_logging(
+    settings: Settings | None,
+    *,
+    process: str,
+    stream: TextIO | None = None,
+    level: LogLevel | None = None,
+    log_format: LogFormat | None = None,
+) -> None:
+    """Send every log line of this process through structlog to ``stream`` (stdout).
+
+    ``settings`` gives the level, the format and the secrets to redact; without settings
+    (``platform-tasks dev``) the defaults are INFO and the console renderer. Safe to call
+    again: the previous handler is replaced, never duplicated.
+    """
+    global _process_name  # one pipeline per process; the name goes on every line
+    _process_name = process
+    _last_call.update(
+        settings=settings, process=process, stream=stream, level=level, log_format=log_format
+    )
+    chosen_level: str = level or (settings.log_level if settings else "INFO")
+    chosen_format: LogFormat = log_format or (settings.log_format if settings else "console")
+    shared, final = build_processors(settings, chosen_format)
+
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(chosen_level)
+    # Celery's own loggers must not print on their own: everything propagates to the root.
+    for name in ("celery", "celery.task", "celery.redirected", "kombu", "redis", "amqp"):
+        logger = logging.getLogger(name)
+        for existing in list(logger.handlers):
+            logger.removeHandler(existing)
+        logger.propagate = True
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    trace_logger = logging.getLogger("celery.app.trace")
+    if not any(isinstance(item, _DropCeleryTaskLines) for item in trace_logger.filters):
+        trace_logger.addFilter(_DropCeleryTaskLines())
+    logging.captureWarnings(True)
+    _install_celery_hooks()
+
+
+def _keep_our_logging(**_: Any) -> None:
+    """A receiver on ``setup_logging``: its presence makes Celery skip its own set-up.
+
+    Prefork children call Celery's set-up again after the fork; they inherited the
+    root handler, so there is nothing to do.
+    """
+
+
+def route_worker_messages() -> None:
+    """Send the worker's shutdown messages (``worker: Warm shutdown``) through the logs.
+
+    Celery writes them straight to the stdout file descriptor, around any logging set-up,
+    which would put plain-text lines between the JSON ones.
+    """
+    from celery.apps import worker as celery_worker
+
+    def _say(msg: Any, f: Any = None) -> None:
+        # Called from Celery's signal handlers: going through logging there could deadlock on
+        # a handler lock the interrupted code holds, so one JSON line is written directly.
+        line = json.dumps({
+            "event": str(msg).strip(),
+            "level": "warning",
+            "logger": "celery.apps.worker",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "pid": os.getpid(),
+        })
+        with contextlib.suppress(OSError):
+            os.write(1, line.encode() + b"\n")
+
+    if hasattr(celery_worker, "safe_say"):
+        celery_worker.safe_say = _say
+
+
+def _check_child(**_: Any) -> None:
+    """``worker_process_init``: a prefork child keeps the handler it inherited by fork.
+
+    Should anything have removed it (a pool that spawns instead of forking), it is put back.
+    """
+    if _last_call and not any(
+        handler.get_name() == _HANDLER_NAME for handler in logging.getLogger().handlers
+    ):
+        configure_logging(**_last_call)
+
+
+def _install_celery_hooks() -> None:
+    from celery.signals import setup_logging, worker_process_init
+
+    setup_logging.connect(_keep_our_logging, weak=False, dispatch_uid="platform-tasks-logging")
+    worker_process_init.connect(
+        _check_child, weak=False, dispatch_uid="platform-tasks-logging-child"
+    )

@@ -1,0 +1,169 @@
+"""Task context on every log line inside a task, and each lifecycle event logged once.
+
+``task_prerun`` binds the task's identity with :mod:`structlog.contextvars`, so any line the
+task logs (structlog or stdlib) carries it; ``task_postrun`` clears it. The events received,
+rejected and revoked happen in the worker's main process, outside any task, and carry the
+same fields read from the message.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from types import TracebackType
+from typing import Any
+
+import structlog
+from celery import signals
+
+from platform_tasks import headers
+
+logger = structlog.get_logger("platform_tasks.task")
+
+#: Monotonic start time of each running task in this process, for its runtime.
+_started: dict[str, float] = {}
+
+
+def _correlation(request: Any) -> Any:
+    value = headers.read(request, headers.CORRELATION_ID)
+    if value is None:
+        request_dict = getattr(request, "request_dict", None)
+        if isinstance(request_dict, dict):
+            value = request_dict.get(headers.CORRELATION_ID)
+    return value
+
+
+def _queue(request: Any) -> Any:
+    delivery_info = getattr(request, "delivery_info", None) or {}
+    return delivery_info.get("routing_key") or delivery_info.get("queue")
+
+
+def request_fields(request: Any, task_name: str | None = None) -> dict[str, Any]:
+    """The fields that identify a task, from a running task's or a worker's request."""
+    return {
+        "task_id": getattr(request, "id", None),
+        "task_name": task_name or getattr(request, "task", None) or getattr(
+            request, "name", None
+        ),
+        "queue": _queue(request),
+        "retries": getattr(request, "retries", None) or 0,
+        "worker": getattr(request, "hostname", None),
+        "correlation_id": _correlation(request),
+        "parent_id": getattr(request, "parent_id", None),
+        "root_id": getattr(request, "root_id", None),
+    }
+
+
+def _on_received(request: Any = None, **_: Any) -> None:
+    if request is not None:
+        logger.info("task_received", **request_fields(request, getattr(request, "name", None)))
+
+
+def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if task is None:
+        return
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(**request_fields(task.request, task.name))
+    if task_id is not None:
+        _started[task_id] = time.monotonic()
+    logger.info("task_started")
+
+
+def _on_postrun(task_id: str | None = None, **_: Any) -> None:
+    if task_id is not None:
+        _started.pop(task_id, None)
+    structlog.contextvars.clear_contextvars()
+
+
+def _runtime_ms(task_id: str | None) -> float | None:
+    started = _started.get(task_id) if task_id is not None else None
+    if started is None:
+        return None
+    return round((time.monotonic() - started) * 1000, 3)
+
+
+def _on_success(sender: Any = None, **_: Any) -> None:
+    task_id = getattr(getattr(sender, "request", None), "id", None)
+    logger.info("task_succeeded", runtime_ms=_runtime_ms(task_id))
+
+
+def _on_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
+    # ``reason`` is Celery's Retry; the exception that caused it is on its ``exc``.
+    reason = getattr(reason, "exc", None) or reason
+    logger.warning(
+        "task_retried",
+        exception_type=type(reason).__name__ if reason is not None else None,
+        exception=str(reason) if reason is not None else None,
+    )
+
+
+def traceback_frames(tb: TracebackType | None) -> list[dict[str, Any]]:
+    """A traceback as a list of frames: file, line, function and source line."""
+    return [
+        {"file": frame.filename, "line": frame.lineno, "function": frame.name,
+         "code": frame.line}
+        for frame in traceback.extract_tb(tb)
+    ]
+
+
+def _on_failure(
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    traceback: TracebackType | None = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    tb = traceback
+    if tb is None and exception is not None:
+        tb = exception.__traceback__
+    logger.error(
+        "task_failed",
+        exception_type=type(exception).__name__ if exception is not None else None,
+        exception=str(exception) if exception is not None else None,
+        traceback=traceback_frames(tb),
+        runtime_ms=_runtime_ms(task_id),
+    )
+
+
+def _on_rejected(message: Any = None, exc: Any = None, **_: Any) -> None:
+    message_headers = getattr(message, "headers", None) or {}
+    delivery_info = getattr(message, "delivery_info", None) or {}
+    logger.warning(
+        "task_rejected",
+        task_id=message_headers.get("id"),
+        task_name=message_headers.get("task"),
+        queue=delivery_info.get("routing_key"),
+        correlation_id=message_headers.get(headers.CORRELATION_ID),
+        reason=str(exc) if exc is not None else None,
+    )
+
+
+def _on_revoked(
+    request: Any = None, terminated: bool = False, signum: Any = None, expired: bool = False,
+    **_: Any,
+) -> None:
+    fields = request_fields(request, getattr(request, "name", None)) if request else {}
+    logger.warning(
+        "task_revoked", terminated=bool(terminated), expired=bool(expired),
+        signal=str(signum) if signum is not None else None, **fields,
+    )
+
+
+_RECEIVERS: tuple[tuple[Any, Any], ...] = (
+    (signals.task_received, _on_received),
+    (signals.task_prerun, _on_prerun),
+    (signals.task_postrun, _on_postrun),
+    (signals.task_success, _on_success),
+    (signals.task_retry, _on_retry),
+    (signals.task_failure, _on_failure),
+    (signals.task_rejected, _on_rejected),
+    (signals.task_revoked, _on_revoked),
+)
+
+
+def install() -> None:
+    """Connect the receivers; once per process, safe to call again."""
+    for signal, receiver in _RECEIVERS:
+        signal.connect(
+            receiver, weak=False, dispatch_uid=f"platform-tasks-log-{receiver.__name__}"
+        )
