@@ -152,6 +152,9 @@ def configure_logging(
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(chosen_level)
+    # Python warnings (Celery's SecurityWarning, deprecations) become log records too,
+    # instead of plain text on stderr between the JSON lines.
+    logging.captureWarnings(True)
     # Celery's own loggers must not print on their own: everything propagates to the root.
     for name in ("celery", "celery.task", "celery.redirected", "kombu", "redis", "amqp"):
         logger = logging.getLogger(name)
