@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -76,8 +77,7 @@ def cmd_enqueue(options: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--args must be a JSON list, e.g. '[2, 3]'")
     if not isinstance(kwargs, dict):
         raise UsageError("--kwargs must be a JSON object, e.g. '{\"user_email\": \"a@b.c\"}'")
-    producer = TaskProducer(settings)
-    try:
+    with TaskProducer(settings) as producer:
         task_id = producer.enqueue(
             options.task,
             queue=options.queue,
@@ -88,51 +88,32 @@ def cmd_enqueue(options: argparse.Namespace, settings: Settings) -> int:
             correlation_id=options.correlation_id,
         )
         print(task_id)
-        if options.wait is not None:
-            try:
-                outcome = producer.wait(task_id, options.wait)
-            except TimeoutError as error:
-                print(f"platform-tasks: {error}", file=sys.stderr)
-                return 1
-            print(json.dumps(_status_dict(outcome), default=str))
-    finally:
-        producer.close()
+        if options.wait is None:
+            return 0
+        try:
+            outcome = producer.wait(task_id, options.wait)
+        except TimeoutError as error:
+            print(f"platform-tasks: {error}", file=sys.stderr)
+            return 1
+    print(json.dumps(dataclasses.asdict(outcome), default=str))
     return 0
-
-
-def _status_dict(status: Any) -> dict[str, Any]:
-    return {
-        "task_id": status.task_id,
-        "state": status.state,
-        "result": status.result,
-        "error": status.error,
-        "name": status.name,
-        "queue": status.queue,
-        "retries": status.retries,
-        "date_done": status.date_done,
-    }
 
 
 def cmd_status(options: argparse.Namespace, settings: Settings) -> int:
     from platform_tasks.producer import TaskProducer
 
-    producer = TaskProducer(settings)
-    try:
-        print(json.dumps(_status_dict(producer.status(options.task_id)), default=str))
-    finally:
-        producer.close()
+    with TaskProducer(settings) as producer:
+        outcome = producer.status(options.task_id)
+    print(json.dumps(dataclasses.asdict(outcome), default=str))
     return 0
 
 
 def cmd_revoke(options: argparse.Namespace, settings: Settings) -> int:
     from platform_tasks.producer import TaskProducer
 
-    producer = TaskProducer(settings)
-    try:
+    with TaskProducer(settings) as producer:
         producer.revoke(options.task_id, terminate=options.terminate)
-        print(f"revoked {options.task_id}")
-    finally:
-        producer.close()
+    print(f"revoked {options.task_id}")
     return 0
 
 

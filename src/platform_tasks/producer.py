@@ -299,6 +299,12 @@ class TaskProducer:
         self._redis.close()
         self.app.close()
 
+    def __enter__(self) -> TaskProducer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 _default: TaskProducer | None = None
 

@@ -55,6 +55,17 @@ def _replication(client: redis.Redis) -> dict[str, str]:
     return {key: str(value) for key, value in info.items()}
 
 
+def _loopback_client(port: int, password: str, timeout: float) -> redis.Redis:
+    return redis.Redis(
+        host=LOOPBACK,
+        port=port,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+    )
+
+
 class SentinelTopology:
     """Starts and controls ``redis-server`` processes: a master, replicas and Sentinels.
 
@@ -175,25 +186,11 @@ class SentinelTopology:
 
     def client(self, port: int, *, timeout: float = 2.0) -> redis.Redis:
         """A client for the data node on ``port`` (caller closes it)."""
-        return redis.Redis(
-            host=LOOPBACK,
-            port=port,
-            password=self.password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            decode_responses=True,
-        )
+        return _loopback_client(port, self.password, timeout)
 
     def sentinel_client(self, port: int, *, timeout: float = 2.0) -> redis.Redis:
         """A client for the Sentinel on ``port`` (caller closes it)."""
-        return redis.Redis(
-            host=LOOPBACK,
-            port=port,
-            password=self.sentinel_password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            decode_responses=True,
-        )
+        return _loopback_client(port, self.sentinel_password, timeout)
 
     def settings_env(self) -> dict[str, str]:
         """The ``PLATFORM_TASKS_*`` variables that point the platform at this topology."""
