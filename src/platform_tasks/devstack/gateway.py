@@ -22,8 +22,10 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
+
+from platform_tasks.devstack.lifecycle import Service
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def _validate(body: bytes) -> dict[str, Any]:
     return {"transaction_id": transaction_id, "amount_minor": amount, "currency": currency}
 
 
-class PaymentGatewayStub:
+class PaymentGatewayStub(Service):
     """The stub server; :meth:`start` it, point the tasks at :attr:`url`, :meth:`stop` it."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, fail_every: int = 0) -> None:
@@ -114,16 +116,6 @@ class PaymentGatewayStub:
             server.server_close()
         if thread is not None:
             thread.join(timeout=5)
-
-    def __enter__(self) -> PaymentGatewayStub:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

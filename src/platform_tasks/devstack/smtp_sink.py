@@ -28,10 +28,12 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from platform_tasks.devstack.lifecycle import Service
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ class _Handler:
         return "250 2.0.0 Message accepted for delivery"
 
 
-class SmtpSink:
+class SmtpSink(Service):
     """The sink server; :meth:`start` it, point the tasks at :attr:`port`, :meth:`stop` it."""
 
     def __init__(
@@ -153,16 +155,6 @@ class SmtpSink:
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
-
-    def __enter__(self) -> SmtpSink:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

@@ -12,10 +12,10 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 
 from platform_tasks.app import create_app
 from platform_tasks.devstack.gateway import PaymentGatewayStub
+from platform_tasks.devstack.lifecycle import Service
 from platform_tasks.devstack.ports import LOOPBACK, free_port
 from platform_tasks.devstack.processes import ManagedProcess, Supervisor
 from platform_tasks.devstack.smtp_sink import SmtpSink
@@ -55,7 +55,7 @@ def flower_argv(port: int) -> list[str]:
     ]
 
 
-class DevStack:
+class DevStack(Service):
     """Starts the platform's processes against a fresh Sentinel topology under ``run_dir``.
 
     Each child's output goes to ``run_dir/logs/<name>.log``. Beat runs under a supervisor
@@ -109,18 +109,6 @@ class DevStack:
         self._started_services: list[SmtpSink | PaymentGatewayStub] = []
 
     # -- life cycle -------------------------------------------------------------------------
-
-    def __enter__(self) -> DevStack:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def log_dir(self) -> Path:

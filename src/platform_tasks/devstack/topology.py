@@ -11,11 +11,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import redis
 
+from platform_tasks.devstack.lifecycle import Service
 from platform_tasks.devstack.ports import LOOPBACK, free_ports
 from platform_tasks.devstack.processes import ManagedProcess
 from platform_tasks.devstack.redis_binary import find_redis_server
@@ -55,6 +55,19 @@ def _replication(client: redis.Redis) -> dict[str, str]:
     return {key: str(value) for key, value in info.items()}
 
 
+def _server_lines(port: int, directory: Path, password: str) -> list[str]:
+    """Config lines every node and Sentinel share: loopback only, foreground, logs to stdout."""
+    return [
+        f"port {port}",
+        f"bind {LOOPBACK}",
+        "protected-mode yes",
+        "daemonize no",
+        'logfile ""',
+        f"dir {_quote(str(directory))}",
+        f"requirepass {_quote(password)}",
+    ]
+
+
 def _loopback_client(port: int, password: str, timeout: float) -> redis.Redis:
     return redis.Redis(
         host=LOOPBACK,
@@ -66,7 +79,7 @@ def _loopback_client(port: int, password: str, timeout: float) -> redis.Redis:
     )
 
 
-class SentinelTopology:
+class SentinelTopology(Service):
     """Starts and controls ``redis-server`` processes: a master, replicas and Sentinels.
 
     Everything listens on 127.0.0.1 only, on ports picked free at start. Configs, data and
@@ -110,18 +123,6 @@ class SentinelTopology:
         self._sentinels: list[_Node] = []
 
     # -- life cycle -------------------------------------------------------------------------
-
-    def __enter__(self) -> SentinelTopology:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def log_dir(self) -> Path:
@@ -295,13 +296,7 @@ class SentinelTopology:
         node_dir = self.run_dir / f"redis-{port}"
         node_dir.mkdir(parents=True, exist_ok=True)
         lines = [
-            f"port {port}",
-            f"bind {LOOPBACK}",
-            "protected-mode yes",
-            "daemonize no",
-            'logfile ""',
-            f"dir {_quote(str(node_dir))}",
-            f"requirepass {_quote(self.password)}",
+            *_server_lines(port, node_dir, self.password),
             # Every node may become a replica after a failover, so each carries masterauth.
             f"masterauth {_quote(self.password)}",
             "appendonly yes",
@@ -327,13 +322,7 @@ class SentinelTopology:
         sentinel_dir.mkdir(parents=True, exist_ok=True)
         name = self.master_name
         lines = [
-            f"port {port}",
-            f"bind {LOOPBACK}",
-            "protected-mode yes",
-            "daemonize no",
-            'logfile ""',
-            f"dir {_quote(str(sentinel_dir))}",
-            f"requirepass {_quote(self.sentinel_password)}",
+            *_server_lines(port, sentinel_dir, self.sentinel_password),
             # Sentinels authenticate to each other with the same password they require.
             f"sentinel sentinel-pass {_quote(self.sentinel_password)}",
             f"sentinel monitor {name} {LOOPBACK} {master_port} {self.quorum}",
