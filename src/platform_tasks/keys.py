@@ -15,6 +15,10 @@ BEAT_KEY_PREFIX = f"{PREFIX}redbeat:"
 
 BEAT_LOCK = f"{BEAT_KEY_PREFIX}lock"
 
+BEAT_SCHEDULE = f"{BEAT_KEY_PREFIX}:schedule"
+"""redbeat's sorted set of schedule entries scored by next due time; redbeat appends
+``:schedule`` to its prefix, hence the double colon."""
+
 
 def task_stats(day: date) -> str:
     """Hash of per-task counters for one day (UTC): ``<task>|<outcome>`` -> count."""
@@ -44,3 +48,12 @@ def enqueue_dedup(task_name: str, idempotency_key: str) -> str:
 def revoked(task_id: str) -> str:
     """A revoked task id, kept so workers that start after the revoke still honour it."""
     return f"{PREFIX}revoked:{task_id}"
+
+
+BEAT_LAST_TICK = f"{PREFIX}beat:last-tick"
+"""Unix time of the leader beat's last tick, written by the scheduler, read by the monitor."""
+
+
+def worker_heartbeats(queue: str) -> str:
+    """Sorted set of the workers consuming ``queue``: hostname -> Unix time of last heartbeat."""
+    return f"{PREFIX}workers:{queue}"

@@ -153,6 +153,32 @@ class Settings(BaseSettings):
         description="json (one object per line, for machines) or console (for people)",
     )
 
+    # Metrics and health.
+    metrics_port: int = Field(
+        default=9808, ge=0, lt=65536,
+        description="port of a worker's /metrics (0: no metrics endpoint)",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="prometheus-client multiprocess directory of a worker; emptied at start "
+        "(default: a fresh directory under the system temp dir)",
+    )
+    monitor_port: int = Field(
+        default=9809, gt=0, lt=65536, description="port of the monitor's /metrics"
+    )
+    monitor_interval_seconds: float = Field(
+        default=5.0, ge=0.2, le=300, description="how often the monitor polls the broker"
+    )
+    task_events: bool = Field(
+        default=False,
+        description="workers send Celery task events (Flower's task list and celery-exporter's "
+        "worker series need them)",
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=5.0, ge=0.2, le=300,
+        description="how often a worker refreshes its heartbeat; missing 3 means it is gone",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
