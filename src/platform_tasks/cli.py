@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,8 +47,14 @@ def _worker_argv(queue: str, settings: Settings, concurrency: int | None) -> lis
 
 
 def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
-    from platform_tasks import worker_hooks
+    from platform_tasks.observability import multiprocess_dir
+
+    # Before anything imports prometheus_client (the tasks do): pool processes must count
+    # into files the main process can merge.
+    metrics_dir = multiprocess_dir.prepare(settings)
+    from platform_tasks import heartbeat, worker_hooks
     from platform_tasks.app import create_app
+    from platform_tasks.observability import worker_metrics
     from platform_tasks.observability.logging import route_worker_messages
 
     policy = policy_for(options.queue)
@@ -55,8 +62,21 @@ def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
     # A SIGTERM gives running tasks this long to finish before the cold shutdown requeues them.
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
     worker_hooks.install()
+    worker_metrics.connect_signals()
+    heartbeat.install(settings, options.queue)
+    port = worker_metrics.start_worker_metrics(
+        options.queue, settings.metrics_host, settings.metrics_port
+    )
+    if port:
+        logging.getLogger(__name__).info(
+            "worker metrics on %s:%d/metrics", settings.metrics_host, port
+        )
     route_worker_messages()
-    app.worker_main(_worker_argv(options.queue, settings, options.concurrency))
+    try:
+        app.worker_main(_worker_argv(options.queue, settings, options.concurrency))
+    finally:
+        if settings.metrics_dir is None:
+            multiprocess_dir.remove(metrics_dir)
     return 0
 
 
@@ -65,6 +85,33 @@ def cmd_beat(options: argparse.Namespace, settings: Settings) -> int:
 
     app = create_app(settings)
     app.start(["--quiet", "beat", f"--loglevel={settings.log_level}"])
+    return 0
+
+
+def cmd_monitor(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.monitor import serve
+
+    serve(settings)
+    return 0
+
+
+def cmd_health(options: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from platform_tasks.heartbeat import freshness_limit, last_seen, worker_hostname
+
+    hostname = options.hostname or worker_hostname(options.queue)
+    seen = last_seen(settings, options.queue, hostname)
+    if seen is None:
+        print(f"unhealthy: {hostname} has no heartbeat on queue {options.queue}",
+              file=sys.stderr)
+        return 1
+    age = time.time() - seen
+    if age > freshness_limit(settings):
+        print(f"unhealthy: {hostname} last beat {age:.1f}s ago "
+              f"(limit {freshness_limit(settings):g}s)", file=sys.stderr)
+        return 1
+    print(f"healthy: {hostname} beat {age:.1f}s ago")
     return 0
 
 
@@ -160,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     beat = commands.add_parser("beat", help="run the scheduler (one leader via a Redis lock)")
     beat.set_defaults(handler=cmd_beat)
 
+    monitor = commands.add_parser(
+        "monitor", help="serve queue, beat and broker metrics (one per deployment)"
+    )
+    monitor.set_defaults(handler=cmd_monitor)
+
+    health = commands.add_parser(
+        "health", help="exit 0 when this host's worker for a queue has a fresh heartbeat (probe)"
+    )
+    health.add_argument("--queue", required=True, choices=QUEUE_NAMES)
+    health.add_argument("--hostname", default=None,
+                        help="worker node name (default: <queue>@<this host>)")
+    health.set_defaults(handler=cmd_health)
+
     enqueue = commands.add_parser("enqueue", help="enqueue a task by name, print its id")
     enqueue.add_argument("task", help="task name, e.g. platform_tasks.default.add_numbers")
     enqueue.add_argument("--queue", required=True)
@@ -194,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Commands whose stdout is the logs; the others print their answer there and log to stderr.
-_LOGS_ON_STDOUT = frozenset({"worker", "beat", "dev"})
+_LOGS_ON_STDOUT = frozenset({"worker", "beat", "monitor", "dev"})
 
 
 def _configure_logging(command: str, settings: Settings | None) -> None:

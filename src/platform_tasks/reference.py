@@ -1,7 +1,8 @@
 """Generates the reference tables in the docs from the code that defines them.
 
 ``python -m platform_tasks.reference --write`` rewrites the marked sections of
-``docs/configuration.md`` and ``docs/queues.md``; a test fails when they drift.
+``docs/configuration.md``, ``docs/queues.md`` and ``docs/metrics.md``; a test fails when they
+drift.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 from pydantic_core import PydanticUndefined
 
 from platform_tasks.contracts import TASKS
+from platform_tasks.observability.catalog import markdown_table
 from platform_tasks.queues import QUEUES, VISIBILITY_TIMEOUT_SECONDS
 from platform_tasks.settings import ENV_PREFIX, Settings
 
@@ -80,6 +82,7 @@ def tasks_table() -> str:
 
 SECTIONS = {
     Path("docs/configuration.md"): {"settings": settings_table},
+    Path("docs/metrics.md"): {"metrics": markdown_table},
     Path("docs/queues.md"): {"queues": queues_table, "tasks": tasks_table},
 }
 

@@ -158,6 +158,10 @@ class Settings(BaseSettings):
         default=9808, ge=0, lt=65536,
         description="port of a worker's /metrics (0: no metrics endpoint)",
     )
+    metrics_host: str = Field(
+        default="0.0.0.0", min_length=1,
+        description="address the worker's and the monitor's /metrics listen on",
+    )
     metrics_dir: Path | None = Field(
         default=None,
         description="prometheus-client multiprocess directory of a worker; emptied at start "

@@ -54,6 +54,8 @@ def print_banner(stack: DevStack, out: TextIO) -> None:
         print(f"  gateway:     {stack.gateway.url}", file=out)
     if stack.flower_url is not None:
         print(f"  flower:      {stack.flower_url}", file=out)
+    for name, url in stack.metrics_urls.items():
+        print(f"  metrics:     {name:<16} {url}", file=out)
     print(f"  media root:  {stack.media_root}", file=out)
     print("  environment (passwords masked):", file=out)
     for key, value in _platform_env(stack.env).items():

@@ -47,6 +47,11 @@ def beat_argv() -> list[str]:
     return [sys.executable, "-m", "platform_tasks", "beat"]
 
 
+def monitor_argv() -> list[str]:
+    """The singleton that serves the broker's view as metrics."""
+    return [sys.executable, "-m", "platform_tasks", "monitor"]
+
+
 def flower_argv(port: int) -> list[str]:
     """Flower, through Celery's own CLI and the app module that reads the environment."""
     return [
@@ -77,6 +82,7 @@ class DevStack(Service):
         media_root: Path | None = None,
         extra_env: Mapping[str, str] | None = None,
         flower: bool = False,
+        monitor: bool = True,
         restart_workers: bool = False,
         stop_timeout: float = 15.0,
     ) -> None:
@@ -103,6 +109,10 @@ class DevStack(Service):
         )
         self.flower = flower
         self.flower_port: int | None = None
+        self.monitor = monitor
+        self.monitor_port: int | None = None
+        #: Queue -> port of that worker's /metrics.
+        self.metrics_ports: dict[str, int] = {}
         self.processes: dict[str, ManagedProcess] = {}
         self._supervisor = Supervisor()
         self._env: dict[str, str] | None = None
@@ -113,6 +123,17 @@ class DevStack(Service):
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """Process name -> its /metrics URL (every worker, and the monitor when it runs)."""
+        urls = {
+            f"worker-{queue}": f"http://{LOOPBACK}:{port}/metrics"
+            for queue, port in self.metrics_ports.items()
+        }
+        if self.monitor_port is not None:
+            urls["monitor"] = f"http://{LOOPBACK}:{self.monitor_port}/metrics"
+        return urls
 
     @property
     def flower_url(self) -> str | None:
@@ -132,7 +153,20 @@ class DevStack(Service):
                     self._started_services.append(service)
             self._env = self._build_env()
             for queue in self.queues:
-                self._spawn(f"worker-{queue}", worker_argv(queue), restart=self.restart_workers)
+                self.metrics_ports[queue] = free_port()
+                self._spawn(
+                    f"worker-{queue}", worker_argv(queue), restart=self.restart_workers,
+                    env={
+                        "PLATFORM_TASKS_METRICS_PORT": str(self.metrics_ports[queue]),
+                        "PLATFORM_TASKS_METRICS_DIR": str(self.run_dir / "metrics" / queue),
+                    },
+                )
+            if self.monitor:
+                self.monitor_port = free_port()
+                self._spawn(
+                    "monitor", monitor_argv(), restart=True,
+                    env={"PLATFORM_TASKS_MONITOR_PORT": str(self.monitor_port)},
+                )
             for index in range(self.beats):
                 name = "beat" if self.beats == 1 else f"beat-{index + 1}"
                 self._spawn(name, beat_argv(), restart=True)
@@ -218,12 +252,21 @@ class DevStack(Service):
             env["PLATFORM_TASKS_PAYMENT_GATEWAY_URL"] = self.gateway.url
         # Logs reach the files as they are written, not when a buffer fills.
         env["PYTHONUNBUFFERED"] = "1"
+        # Metrics only on loopback; heartbeats and monitor polls a little faster than in a
+        # cluster so that a local change shows within seconds.
+        env["PLATFORM_TASKS_METRICS_HOST"] = LOOPBACK
+        env["PLATFORM_TASKS_HEARTBEAT_INTERVAL_SECONDS"] = "2"
+        env["PLATFORM_TASKS_MONITOR_INTERVAL_SECONDS"] = "2"
         env.update(self.extra_env)
         return env
 
-    def _spawn(self, name: str, argv: list[str], *, restart: bool = False) -> ManagedProcess:
+    def _spawn(
+        self, name: str, argv: list[str], *, restart: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> ManagedProcess:
         process = ManagedProcess(
-            name, argv, self.env, self.log_dir / f"{name}.log", restart=restart,
+            name, argv, {**self.env, **(env or {})}, self.log_dir / f"{name}.log",
+            restart=restart,
             cwd=self.run_dir,
         )
         self.processes[name] = process

@@ -68,8 +68,8 @@ TASK_RUNTIME = MetricSpec(
 )
 TASK_WAIT = MetricSpec(
     "platform_tasks_task_wait_seconds", "histogram", Source.WORKER, QUEUE_TASK,
-    "Time from the producer's publish (enqueued-at header) to the task's start, including "
-    "any countdown.",
+    "Time from when a task could first run (its publish, from the enqueued-at header, or "
+    "its ETA for a countdown) to its start.",
     buckets=WAIT_BUCKETS,
 )
 TASK_RETRIES = MetricSpec(

@@ -18,6 +18,7 @@ import redis
 from platform_tasks import keys
 from platform_tasks.contracts import PROCESS_PAYMENT, PaymentArgs
 from platform_tasks.money import AmountError, format_amount, to_minor_units
+from platform_tasks.observability.worker_metrics import queue_of, record_payment_deduplicated
 from platform_tasks.payment_gateway import (
     Charge,
     ChargeRequest,
@@ -99,13 +100,20 @@ def _result(charge: Charge, *, deduplicated: bool) -> dict[str, Any]:
     }
 
 
+def _deduplicated(task: PlatformTask, stored: Charge, request: ChargeRequest) -> dict[str, Any]:
+    """The answer for a key already charged: the stored charge, counted as a deduplication."""
+    result = _result(_same_payment(stored, request, "stored record"), deduplicated=True)
+    record_payment_deduplicated(queue_of(task.request), str(task.name))
+    return result
+
+
 def _charge_under_lock(
     task: PlatformTask, client: redis.Redis, request: ChargeRequest
 ) -> dict[str, Any]:
     # A run that finished between our first look and taking the lock left its record.
     stored = _stored_charge(client, request.idempotency_key)
     if stored is not None:
-        return _result(_same_payment(stored, request, "stored record"), deduplicated=True)
+        return _deduplicated(task, stored, request)
     settings = task.settings
     try:
         charge = create_charge(
@@ -142,7 +150,7 @@ def process_payment(task: PlatformTask, arguments: PaymentArgs) -> dict[str, Any
     try:
         stored = _stored_charge(client, request.idempotency_key)
         if stored is not None:
-            return _result(_same_payment(stored, request, "stored record"), deduplicated=True)
+            return _deduplicated(task, stored, request)
         lock = OwnedLock(client, keys.payment_lock(request.idempotency_key), _lock_timeout(task))
         if not lock.acquire():
             task.retry_transient(PaymentInProgressError(

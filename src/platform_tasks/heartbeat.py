@@ -1,0 +1,120 @@
+"""Worker heartbeats in Redis: who consumes each queue, and the probe that asks "am I alive?".
+
+The worker's main process refreshes its entry in ``keys.worker_heartbeats(queue)`` (a sorted
+set: hostname -> Unix time) every ``heartbeat_interval_seconds`` once it consumes, and removes
+it at shutdown. An entry older than :data:`MISSED_BEATS` intervals counts as gone: the monitor
+reports consumers from it and ``platform-tasks health`` turns it into an exit status, which is
+what the container probes run (a Redis read, no broadcast to every worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+
+from platform_tasks import keys
+from platform_tasks.redis_client import connect
+from platform_tasks.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Heartbeats a worker may miss before it counts as gone.
+MISSED_BEATS = 3
+#: Entries this many intervals old are deleted by any live worker of the queue.
+FORGET_AFTER_BEATS = 100
+
+
+def worker_hostname(queue: str, host: str | None = None) -> str:
+    """The node name ``platform-tasks worker`` gives itself (Celery's ``<queue>@%h``)."""
+    return f"{queue}@{host or socket.gethostname()}"
+
+
+def freshness_limit(settings: Settings) -> float:
+    return MISSED_BEATS * settings.heartbeat_interval_seconds
+
+
+class Heartbeat:
+    """A daemon thread that keeps one worker's entry fresh until :meth:`stop`."""
+
+    def __init__(self, settings: Settings, queue: str, hostname: str) -> None:
+        self.settings = settings
+        self.key = keys.worker_heartbeats(queue)
+        self.hostname = hostname
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat_once(self, client: Any) -> None:
+        now = time.time()
+        forget_before = now - FORGET_AFTER_BEATS * self.settings.heartbeat_interval_seconds
+        with client.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.key, {self.hostname: now})
+            pipe.zremrangebyscore(self.key, "-inf", forget_before)
+            pipe.execute()
+
+    def _run(self) -> None:
+        client = connect(self.settings)
+        try:
+            while not self._stopped.is_set():
+                try:
+                    self.beat_once(client)
+                except Exception as error:
+                    # A failover or a network blip: the next beat tries again; a worker that
+                    # stays cut off goes stale, which is what its probe should then report.
+                    logger.warning("heartbeat not written: %s: %s", type(error).__name__, error)
+                self._stopped.wait(self.settings.heartbeat_interval_seconds)
+            try:
+                client.zrem(self.key, self.hostname)
+            except Exception as error:
+                logger.warning("heartbeat not removed: %s: %s", type(error).__name__, error)
+        finally:
+            client.close()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def last_seen(settings: Settings, queue: str, hostname: str) -> float | None:
+    """Unix time of ``hostname``'s last heartbeat on ``queue``, None when it has none."""
+    client = connect(settings)
+    try:
+        score = client.zscore(keys.worker_heartbeats(queue), hostname)
+    finally:
+        client.close()
+    return None if score is None else float(score)
+
+
+def live_consumers(client: Any, queue: str, settings: Settings, now: float) -> int:
+    """Workers of ``queue`` whose heartbeat is fresh."""
+    return int(client.zcount(keys.worker_heartbeats(queue), now - freshness_limit(settings),
+                             "+inf"))
+
+
+_heartbeat: Heartbeat | None = None
+
+
+def install(settings: Settings, queue: str) -> None:
+    """Beat from the moment the worker consumes until it shuts down."""
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        global _heartbeat
+        hostname = str(getattr(sender, "hostname", None) or worker_hostname(queue))
+        _heartbeat = Heartbeat(settings, queue, hostname)
+        _heartbeat.start()
+
+    def on_shutdown(**_: Any) -> None:
+        if _heartbeat is not None:
+            _heartbeat.stop()
+
+    worker_ready.connect(on_ready, weak=False, dispatch_uid="platform-tasks-heartbeat-start")
+    worker_shutdown.connect(on_shutdown, weak=False, dispatch_uid="platform-tasks-heartbeat-stop")

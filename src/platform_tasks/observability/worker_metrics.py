@@ -1,0 +1,311 @@
+"""The worker's Prometheus metrics: collectors built from the catalog, fed by Celery signals.
+
+Importing this module imports ``prometheus_client``; a worker calls
+:func:`platform_tasks.observability.multiprocess_dir.prepare` first, so that prefork pool
+children write to per-process files the main process merges on each scrape. Outside a worker
+(tests, producers) the same collectors simply count in memory.
+
+Recording a metric must never disturb the task it watches: every handler swallows and logs
+its own errors.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from celery import signals
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from platform_tasks import headers
+from platform_tasks.observability import catalog
+from platform_tasks.observability.catalog import MetricSpec
+from platform_tasks.observability.multiprocess_dir import ENV_VAR
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+
+
+def _help(spec: MetricSpec) -> str:
+    return spec.description
+
+
+def _counter(spec: MetricSpec) -> Counter:
+    return Counter(spec.name, _help(spec), spec.labels)
+
+
+task_runtime = Histogram(
+    catalog.TASK_RUNTIME.name, _help(catalog.TASK_RUNTIME), catalog.TASK_RUNTIME.labels,
+    buckets=catalog.TASK_RUNTIME.buckets,
+)
+task_wait = Histogram(
+    catalog.TASK_WAIT.name, _help(catalog.TASK_WAIT), catalog.TASK_WAIT.labels,
+    buckets=catalog.TASK_WAIT.buckets,
+)
+task_retries = _counter(catalog.TASK_RETRIES)
+task_failures = _counter(catalog.TASK_FAILURES)
+tasks_rejected = _counter(catalog.TASKS_REJECTED)
+tasks_revoked = _counter(catalog.TASKS_REVOKED)
+dead_letters = _counter(catalog.DEAD_LETTERS)
+payments_deduplicated = _counter(catalog.PAYMENTS_DEDUPLICATED)
+pool_process_starts = _counter(catalog.POOL_PROCESS_STARTS)
+tasks_in_flight = Gauge(
+    catalog.TASKS_IN_FLIGHT.name, _help(catalog.TASKS_IN_FLIGHT), catalog.TASKS_IN_FLIGHT.labels,
+    multiprocess_mode=catalog.TASKS_IN_FLIGHT.gauge_mode,
+)
+worker_start_time = Gauge(
+    catalog.WORKER_START_TIME.name, _help(catalog.WORKER_START_TIME),
+    catalog.WORKER_START_TIME.labels, multiprocess_mode=catalog.WORKER_START_TIME.gauge_mode,
+)
+
+_OUTCOME_BY_STATE = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
+
+# task id -> (monotonic start, queue, task name), for runtime and the in-flight gauge. Thread
+# pools run tasks concurrently, hence the lock.
+_running: dict[str, tuple[float, str, str]] = {}
+_running_lock = threading.Lock()
+
+#: The queue this worker consumes, set once at start: the label for worker-wide series.
+_worker_queue: str = UNKNOWN
+
+
+def queue_of(request: Any) -> str:
+    delivery_info = getattr(request, "delivery_info", None) or {}
+    return str(delivery_info.get("routing_key") or delivery_info.get("queue") or _worker_queue)
+
+
+def _exception_name(exception: Any) -> str:
+    # A Retry carries the exception that caused it.
+    cause = getattr(exception, "exc", None) or exception
+    return type(cause).__name__ if cause is not None else UNKNOWN
+
+
+def _float_header(request: Any, name: str) -> float | None:
+    value = headers.read(request, name)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _eta_epoch(request: Any) -> float | None:
+    eta = getattr(request, "eta", None)
+    if eta is None:
+        return None
+    try:
+        from datetime import datetime
+
+        parsed = eta if isinstance(eta, datetime) else datetime.fromisoformat(str(eta))
+        return parsed.timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def wait_seconds(request: Any, now: float) -> float | None:
+    """How long a task waited to start, from when it could first run.
+
+    That is its publish time, or its ETA for a countdown task: a task scheduled for an hour
+    from now has not been waiting for that hour.
+    """
+    enqueued_at = _float_header(request, headers.ENQUEUED_AT)
+    if enqueued_at is None:
+        return None
+    eta = _eta_epoch(request)
+    ready_at = max(enqueued_at, eta) if eta is not None else enqueued_at
+    return max(0.0, now - ready_at)
+
+
+def _guarded(what: str, function: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        function(*args, **kwargs)
+    except Exception:
+        logger.warning("could not record %s in the metrics", what, exc_info=True)
+
+
+# -- signal handlers ---------------------------------------------------------------------
+
+
+def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if task is None or task_id is None:
+        return
+    request = task.request
+    queue, name = queue_of(request), str(task.name)
+    with _running_lock:
+        _running[task_id] = (time.monotonic(), queue, name)
+    tasks_in_flight.labels(queue, name).inc()
+    waited = wait_seconds(request, time.time())
+    if waited is not None:
+        task_wait.labels(queue, name).observe(waited)
+
+
+def _postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
+    if task_id is None:
+        return
+    with _running_lock:
+        running = _running.pop(task_id, None)
+    if running is None:
+        return
+    started, queue, name = running
+    tasks_in_flight.labels(queue, name).dec()
+    outcome = _OUTCOME_BY_STATE.get(str(state), str(state).lower() if state else UNKNOWN)
+    task_runtime.labels(queue, name, outcome).observe(time.monotonic() - started)
+
+
+def _retry(request: Any = None, reason: Any = None, sender: Any = None, **_: Any) -> None:
+    name = str(getattr(sender, "name", None) or getattr(request, "task", None) or UNKNOWN)
+    task_retries.labels(queue_of(request), name, _exception_name(reason)).inc()
+
+
+def _failure(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+    request = getattr(sender, "request", None)
+    queue, name = queue_of(request), str(getattr(sender, "name", UNKNOWN))
+    task_failures.labels(queue, name, _exception_name(exception)).inc()
+    retries = getattr(request, "retries", 0) or 0
+    max_retries = getattr(sender, "max_retries", None)
+    exhausted = max_retries is not None and 0 < max_retries <= retries
+    dead_letters.labels(queue, name, "retries_exhausted" if exhausted else "failed").inc()
+
+
+def _message_queue(message: Any) -> str:
+    delivery_info = getattr(message, "delivery_info", None) or {}
+    return str(delivery_info.get("routing_key") or _worker_queue)
+
+
+def _unknown(message: Any = None, name: Any = None, **_: Any) -> None:
+    queue = _message_queue(message)
+    tasks_rejected.labels(queue, "unknown_task").inc()
+    dead_letters.labels(queue, str(name or UNKNOWN), "unknown_task").inc()
+
+
+def _rejected(message: Any = None, exc: Any = None, **_: Any) -> None:
+    queue = _message_queue(message)
+    reason = "invalid_task" if exc is not None else "unknown_message"
+    tasks_rejected.labels(queue, reason).inc()
+    message_headers = getattr(message, "headers", None) or {}
+    dead_letters.labels(queue, str(message_headers.get("task") or UNKNOWN), reason).inc()
+
+
+def _revoked(request: Any = None, **_: Any) -> None:
+    name = str(getattr(request, "name", None) or getattr(request, "task", None) or UNKNOWN)
+    tasks_revoked.labels(queue_of(request), name).inc()
+
+
+def _pool_process_init(**_: Any) -> None:
+    pool_process_starts.labels(_worker_queue).inc()
+    # A forked pool process inherits the main process's listening socket; only the main
+    # process serves /metrics, so the child lets go of its copy.
+    if _server is not None:
+        _server.socket.close()
+
+
+def _guard(what: str, handler: Any) -> Any:
+    def receiver(*args: Any, **kwargs: Any) -> None:
+        _guarded(what, handler, *args, **kwargs)
+
+    receiver.__name__ = handler.__name__
+    return receiver
+
+
+_RECEIVERS: tuple[tuple[Any, Any], ...] = (
+    (signals.task_prerun, _prerun),
+    (signals.task_postrun, _postrun),
+    (signals.task_retry, _retry),
+    (signals.task_failure, _failure),
+    (signals.task_unknown, _unknown),
+    (signals.task_rejected, _rejected),
+    (signals.task_revoked, _revoked),
+    (signals.worker_process_init, _pool_process_init),
+)
+
+
+def connect_signals() -> None:
+    """Start recording task metrics in this process (and the pool processes it forks)."""
+    for signal, handler in _RECEIVERS:
+        signal.connect(
+            _guard(handler.__name__, handler), weak=False,
+            dispatch_uid=f"platform-tasks-metrics-{handler.__name__}",
+        )
+
+
+def disconnect_signals() -> None:
+    for signal, handler in _RECEIVERS:
+        signal.disconnect(dispatch_uid=f"platform-tasks-metrics-{handler.__name__}")
+
+
+def record_payment_deduplicated(queue: str, task: str) -> None:
+    """A payment run found its idempotency key already charged."""
+    _guarded("a deduplicated payment", payments_deduplicated.labels(queue, task).inc)
+
+
+# -- the /metrics endpoint ---------------------------------------------------------------
+
+_server: WSGIServer | None = None
+_DEAD_FILE = re.compile(r"^gauge_live\w+_(\d+)\.db$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _LiveProcessesCollector:
+    """Merges every process's files, after dropping the live gauges of processes that died.
+
+    A SIGKILLed pool process never runs an exit hook, so the main process checks at each
+    scrape instead; its counters stay, since a counter must not go down.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._merged = MultiProcessCollector(None, path)
+
+    def collect(self) -> Iterable[Metric]:
+        for file in glob.glob(os.path.join(self.path, "gauge_live*_*.db")):
+            match = _DEAD_FILE.match(os.path.basename(file))
+            if match and not _pid_alive(int(match.group(1))):
+                mark_process_dead(int(match.group(1)), self.path)
+        metrics: Iterable[Metric] = self._merged.collect()
+        return metrics
+
+
+def start_worker_metrics(queue: str, host: str, port: int) -> int:
+    """Label this worker's series with ``queue``, mark its start, serve /metrics on ``port``.
+
+    Returns the bound port. With ``port`` 0 nothing is served (metrics are still counted).
+    """
+    global _server, _worker_queue
+    _worker_queue = queue
+    worker_start_time.labels(queue).set(time.time())
+    if port == 0:
+        return 0
+    if os.environ.get(ENV_VAR):
+        registry = CollectorRegistry()
+        registry.register(_LiveProcessesCollector(os.environ[ENV_VAR]))
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = REGISTRY
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as error:
+        raise OSError(
+            f"cannot serve worker metrics on {host}:{port} (PLATFORM_TASKS_METRICS_PORT): "
+            f"{error.strerror or error}"
+        ) from None
+    _server = server
+    return int(server.server_port)
