@@ -62,12 +62,12 @@ def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
     # A SIGTERM gives running tasks this long to finish before the cold shutdown requeues them.
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
     worker_hooks.install()
-    worker_metrics.connect_signals()
     heartbeat.install(settings, options.queue)
-    port = worker_metrics.start_worker_metrics(
-        options.queue, settings.metrics_host, settings.metrics_port
-    )
-    if port:
+    if settings.metrics_port:
+        worker_metrics.connect_signals()
+        port = worker_metrics.start_worker_metrics(
+            options.queue, settings.metrics_host, settings.metrics_port
+        )
         logging.getLogger(__name__).info(
             "worker metrics on %s:%d/metrics", settings.metrics_host, port
         )
@@ -89,9 +89,17 @@ def cmd_beat(options: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_monitor(options: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
     from platform_tasks.monitor import serve
 
-    serve(settings)
+    # As a container's PID 1 the process gets no default SIGTERM action: without a handler a
+    # pod deletion would wait out its whole grace period.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    serve(settings, stop)
     return 0
 
 

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     # Metrics and health.
     metrics_port: int = Field(
         default=9808, ge=0, lt=65536,
-        description="port of a worker's /metrics (0: no metrics endpoint)",
+        description="port of a worker's /metrics (0: the worker records no metrics at all)",
     )
     metrics_host: str = Field(
         default="0.0.0.0", min_length=1,

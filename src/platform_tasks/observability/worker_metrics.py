@@ -286,7 +286,7 @@ class _LiveProcessesCollector:
 def start_worker_metrics(queue: str, host: str, port: int) -> int:
     """Label this worker's series with ``queue``, mark its start, serve /metrics on ``port``.
 
-    Returns the bound port. With ``port`` 0 nothing is served (metrics are still counted).
+    Returns the bound port; ``port`` 0 marks the start without serving anything.
     """
     global _server, _worker_queue
     _worker_queue = queue
