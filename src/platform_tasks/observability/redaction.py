@@ -18,6 +18,7 @@ its ``str()`` first, so nothing reaches the renderer unexamined.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
@@ -44,6 +45,13 @@ SECRET_KEY_PARTS = (
 #: Keys whose values are names, not personal data: ``email@host`` is a worker's node name.
 _NOT_PERSONAL_KEYS = frozenset({"worker", "hostname", "logger", "level", "timestamp"})
 
+#: Keys the log pipeline itself fills (never caller data): not worth a scan on every line.
+_PIPELINE_KEYS = frozenset({"timestamp", "level", "logger", "process", "pid"})
+
+#: Redacted strings remembered per redactor; task ids and names repeat on every line of a task.
+_CACHE_LIMIT = 4096
+_CACHEABLE_LENGTH = 256
+
 #: Configured secrets shorter than this are not searched for: they would mangle every line.
 MIN_SECRET_LENGTH = 4
 
@@ -55,6 +63,9 @@ _EMAIL = re.compile(
     r"(?<![\w.%+-])(?P<first>[A-Za-z0-9])[A-Za-z0-9._%+-]*@"
     r"(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
 )
+
+
+_has_digit = re.compile(r"\d").search
 
 
 def luhn_valid(digits: str) -> bool:
@@ -77,6 +88,7 @@ def _mask_card(match: re.Match[str]) -> str:
     return match.group(0)
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_key(key: str) -> bool:
     """Whether a field named ``key`` holds a secret by its name alone."""
     normalized = key.lower().replace("-", "_")
@@ -95,15 +107,26 @@ class Redactor:
             variants.add(quote(secret, safe=""))
         # Longest first, so a secret that contains another is replaced whole.
         self._secrets = sorted(variants, key=len, reverse=True)
+        self._cache: dict[tuple[str, bool], str] = {}
 
     def redact_text(self, text: str, *, personal: bool = True) -> str:
         """``text`` with every rule applied (e-mail masking only when ``personal``)."""
+        if len(text) > _CACHEABLE_LENGTH:
+            return self._redact_text(text, personal)
+        cached = self._cache.get((text, personal))
+        if cached is None:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            cached = self._cache[(text, personal)] = self._redact_text(text, personal)
+        return cached
+
+    def _redact_text(self, text: str, personal: bool) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
         if "://" in text:
             text = _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:" + MASK + "@", text)
-        if any(char.isdigit() for char in text):
+        if _has_digit(text):
             text = _CARD_CANDIDATE.sub(_mask_card, text)
         if personal and "@" in text:
             text = _EMAIL.sub(r"\g<first>" + MASK + r"@\g<domain>", text)
@@ -132,5 +155,6 @@ class Redactor:
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key in list(event_dict):
-            event_dict[key] = self._redact_field(key, event_dict[key])
+            if key not in _PIPELINE_KEYS:
+                event_dict[key] = self._redact_field(key, event_dict[key])
         return event_dict
