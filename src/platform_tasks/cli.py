@@ -59,7 +59,8 @@ def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
 
     policy = policy_for(options.queue)
     app = create_app(settings)
-    # A SIGTERM gives running tasks this long to finish before the cold shutdown requeues them.
+    # A cold shutdown (SIGQUIT, Ctrl-C) gives running tasks this long before requeueing them;
+    # SIGTERM's warm shutdown lets them finish, bounded by their hard time limit.
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
     worker_hooks.install()
     heartbeat.install(settings, options.queue)
@@ -151,7 +152,8 @@ def cmd_enqueue(options: argparse.Namespace, settings: Settings) -> int:
             print(f"platform-tasks: {error}", file=sys.stderr)
             return 1
     print(json.dumps(dataclasses.asdict(outcome), default=str))
-    return 0
+    # A script (or `helm test`) must not read a failed task as success.
+    return 0 if outcome.state == "SUCCESS" else 1
 
 
 def cmd_status(options: argparse.Namespace, settings: Settings) -> int:

@@ -29,6 +29,15 @@ def test_enqueue_waits_for_and_prints_the_result(stack: DevStack) -> None:
     assert json.loads(again.stdout)["result"] == 42
 
 
+def test_waiting_for_a_task_that_fails_exits_1_with_its_status(stack: DevStack) -> None:
+    done = platform_tasks(stack, "enqueue", "platform_tasks.email.send_welcome_email",
+                          "--queue", "email", "--kwargs",
+                          '{"user_email": "nobody@invalid.example.com"}', "--wait", "60")
+    assert done.returncode == 1, done.stderr
+    status = json.loads(done.stdout.strip().splitlines()[1])
+    assert status["state"] == "FAILURE"
+
+
 def test_a_refused_enqueue_exits_2_with_one_line(stack: DevStack) -> None:
     done = platform_tasks(stack, "enqueue", "platform_tasks.default.add_numbers",
                           "--queue", "nowhere", "--args", "[1, 2]")
