@@ -4,15 +4,12 @@ every panel says where its series come from, and the end-to-end test sees every 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from platform_tasks.observability import catalog, dashboards
 from platform_tasks.observability.catalog import Source
@@ -280,19 +277,7 @@ def test_failure_only_panels_say_so() -> None:
             assert says_empty == ((uid, panel["title"]) in flagged), f"{uid} / {panel['title']}"
 
 
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        reason = "promtool is not installed (Debian package prometheus)"
-        # CI installs it, so there a missing promtool is a broken install, not a skip.
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return found
-
-
-def test_every_concrete_query_is_valid_promql(promtool: str, tmp_path: Path) -> None:
+def test_every_concrete_query_is_valid_promql(promtool_binary: Path, tmp_path: Path) -> None:
     queries = dashboards.panel_queries()
     # promtool has no "check this expression" command; recording rules are parsed fully.
     groups = {"groups": [{"name": "dashboard-queries", "rules": [
@@ -302,7 +287,7 @@ def test_every_concrete_query_is_valid_promql(promtool: str, tmp_path: Path) -> 
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps(groups))
 
-    checked = subprocess.run([promtool, "check", "rules", str(rules)],
+    checked = subprocess.run([str(promtool_binary), "check", "rules", str(rules)],
                              capture_output=True, text=True, timeout=60)
 
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -24,6 +24,9 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from platform_tasks.observability import catalog
+
+# The stats turn red where the beat-not-ticking and monitor-stale alerts start counting.
+from platform_tasks.observability.alert_rules import BEAT_STALE_SECONDS, MONITOR_STALE_SECONDS
 from platform_tasks.observability.catalog import MetricSpec, Source
 from platform_tasks.queues import QUEUE_NAMES, QUEUES
 from platform_tasks.reference import render
@@ -56,9 +59,6 @@ SERVED_BY = {
 
 Unit = Literal["s", "ops", "short", "percentunit"]
 
-#: Beat ticks at least every 5 s and the monitor polls every few seconds; the stats turn red
-#: where the beat-not-ticking and monitor-stale alerts start counting (120 s).
-STALE_SECONDS = 120
 
 _EXPOSED = {
     exposed: spec for spec in catalog.METRICS for exposed in spec.exposed_names
@@ -342,7 +342,7 @@ def _overview() -> _Dashboard:
                     f"time() - max({_series(catalog.BEAT_LAST_TICK)})", "last tick",
                     instant=True,
                 ),),
-                "s", kind="stat", width=6, thresholds=((30, "orange"), (STALE_SECONDS, "red")),
+                "s", kind="stat", width=6, thresholds=((30, "orange"), (BEAT_STALE_SECONDS, "red")),
             ),
             _Panel(
                 "Beat due entries",
@@ -378,7 +378,7 @@ def _overview() -> _Dashboard:
                     instant=True,
                 ),),
                 "s", kind="stat", width=6, height=6,
-                thresholds=((30, "orange"), (STALE_SECONDS, "red")),
+                thresholds=((30, "orange"), (MONITOR_STALE_SECONDS, "red")),
             ),
             _Panel(
                 "Monitor poll errors by check",
