@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import statistics
 import sys
@@ -36,11 +37,15 @@ ADD = "platform_tasks.default.add_numbers"
 CONFIGURATIONS: dict[str, dict[str, str]] = {
     "on": {"PLATFORM_TASKS_LOG_LEVEL": "INFO"},
     "off": {"PLATFORM_TASKS_LOG_LEVEL": "WARNING", "PLATFORM_TASKS_METRICS_PORT": "0"},
+    # With --split: which of the two costs what.
+    "logs-only": {"PLATFORM_TASKS_LOG_LEVEL": "INFO", "PLATFORM_TASKS_METRICS_PORT": "0"},
+    "metrics-only": {"PLATFORM_TASKS_LOG_LEVEL": "WARNING"},
 }
 
 
-def drain_seconds(topology: SentinelTopology, run_dir: Path, name: str, tasks: int,
-                  round_index: int) -> float:
+def drain(topology: SentinelTopology, run_dir: Path, name: str, tasks: int,
+          round_index: int) -> tuple[float, float]:
+    """One drain: its wall seconds (first to last result) and the worker's CPU s per task."""
     env = {
         **topology.settings_env(),
         "PLATFORM_TASKS_METRICS_HOST": "127.0.0.1",
@@ -60,12 +65,17 @@ def drain_seconds(topology: SentinelTopology, run_dir: Path, name: str, tasks: i
                             cwd=run_dir)
     worker.start()
     try:
-        keys = [f"celery-task-meta-{task_id}" for task_id in ids]
         deadline = time.monotonic() + 600
-        while results.exists(*keys[-200:]) < 200 or results.exists(*keys) < tasks:
-            if time.monotonic() > deadline or not worker.alive:
-                raise RuntimeError(f"{name}: drain did not finish; see {worker.log_path}")
-            time.sleep(0.25)
+        while not results.dbsize():
+            _check(worker, deadline, name)
+            time.sleep(0.01)
+        assert worker.pid is not None
+        cpu_start, done_start = tree_cpu_seconds(worker.pid), results.dbsize()
+        while results.dbsize() < tasks:
+            _check(worker, deadline, name)
+            time.sleep(0.05)
+        cpu_per_task = (tree_cpu_seconds(worker.pid) - cpu_start) / (tasks - done_start)
+        keys = [f"celery-task-meta-{task_id}" for task_id in ids]
         done = [
             datetime.fromisoformat(json.loads(raw)["date_done"]).timestamp()
             for raw in results.mget(keys)
@@ -73,12 +83,36 @@ def drain_seconds(topology: SentinelTopology, run_dir: Path, name: str, tasks: i
     finally:
         worker.stop(30)
         results.close()
-    return max(done) - min(done)
+    return max(done) - min(done), cpu_per_task
+
+
+def _check(worker: ManagedProcess, deadline: float, name: str) -> None:
+    if time.monotonic() > deadline or not worker.alive:
+        raise RuntimeError(f"{name}: drain did not finish; see {worker.log_path}")
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat; index 11 and 12 after the command name.
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of the worker's main process and its pool processes so far."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return _cpu_seconds(pid) + sum(_cpu_seconds(int(child)) for child in children)
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     return {key: value for key, value in os.environ.items()
             if not key.startswith("PLATFORM_TASKS_")}
 
@@ -88,25 +122,34 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--split", action="store_true",
+                        help="also run logs-only and metrics-only")
     options = parser.parse_args(argv)
+    names = list(CONFIGURATIONS) if options.split else ["on", "off"]
     run_dir = Path(tempfile.mkdtemp(prefix="platform-tasks-bench-"))
-    timings: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     with SentinelTopology(run_dir / "topology", password=secrets.token_urlsafe(12),
                           sentinel_password=secrets.token_urlsafe(12)) as topology:
         for round_index in range(options.rounds):
-            order = list(CONFIGURATIONS) if round_index % 2 == 0 else list(reversed(CONFIGURATIONS))
+            order = names if round_index % 2 == 0 else list(reversed(names))
             for name in order:
-                seconds = drain_seconds(topology, run_dir, name, options.tasks, round_index)
+                seconds, cpu_per_task = drain(topology, run_dir, name, options.tasks,
+                                              round_index)
                 timings[name].append(seconds)
-                print(f"round {round_index + 1} {name:>3}: {options.tasks / seconds:8.1f} tasks/s",
-                      flush=True)
+                cpu[name].append(cpu_per_task)
+                print(f"round {round_index + 1} {name:>12}: {options.tasks / seconds:8.1f} "
+                      f"tasks/s, worker CPU {cpu_per_task * 1000:.3f} ms/task", flush=True)
     rates = {name: [options.tasks / s for s in values] for name, values in timings.items()}
-    print(f"\n{'config':<6} {'median tasks/s':>15} {'min':>8} {'max':>8}")
+    print(f"\n{'config':<12} {'median/s':>9} {'min':>8} {'max':>8} {'CPU ms/task':>12}")
     for name, values in rates.items():
-        print(f"{name:<6} {statistics.median(values):15.1f} {min(values):8.1f} {max(values):8.1f}")
+        print(f"{name:<12} {statistics.median(values):9.1f} {min(values):8.1f} "
+              f"{max(values):8.1f} {statistics.median(cpu[name]) * 1000:12.3f}")
     ratio = statistics.median(rates["on"]) / statistics.median(rates["off"])
     print(f"\non/off throughput ratio: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% slower with "
-          f"logging and metrics on); logs in {run_dir}")
+          f"logging and metrics on)")
+    cpu_ratio = statistics.median(cpu["on"]) / statistics.median(cpu["off"])
+    print(f"on/off worker CPU per task: {cpu_ratio:.3f}; logs in {run_dir}")
     return 0
 
 

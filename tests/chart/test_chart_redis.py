@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,49 @@ def test_every_node_gets_the_same_acl_users_with_hashed_passwords(init_run: Any)
         f"user platform-tasks on #{app} ~* &* +@all -@admin -flushall -flushdb",
     ]
     assert "app-pass" not in acl[0]
+
+
+def test_a_replica_is_ready_only_once_in_sync_with_its_master(
+    renders: dict[str, Render], redis_server_binary: Path, tmp_path: Path
+) -> None:
+    """Until it has synced, the master does not count a replica for min-replicas-to-write: a
+    rolling update that moved on while it is still syncing would stop every write."""
+    if shutil.which("redis-cli") is None or shutil.which("timeout") is None:
+        pytest.skip("probe.sh needs redis-cli and timeout")
+    from platform_tasks.devstack.ports import free_ports
+    from platform_tasks.devstack.processes import ManagedProcess
+
+    data = renders["minimal"].named("ConfigMap", "platform-tasks-redis")["data"]
+    (tmp_path / "probe.sh").write_text(data["probe.sh"])
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "redis-admin-password").write_text("admin-pass")
+    port, unreachable_master = free_ports(2)
+    (tmp_path / "redis.conf").write_text(
+        f'port {port}\nbind 127.0.0.1\nrequirepass "admin-pass"\nsave ""\ndir {tmp_path}\n'
+        f"replicaof 127.0.0.1 {unreachable_master}\n")
+    server = ManagedProcess("replica", [str(redis_server_binary.absolute()),
+                                        str(tmp_path / "redis.conf")],
+                            None, tmp_path / "redis.log")
+    env = {"SECRETS_DIR": str(secrets), "REDIS_PORT": str(port), "SENTINEL_PORT": "1",
+           "PATH": os.environ["PATH"]}
+
+    def probe(*mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(tmp_path / "probe.sh"), "redis", *mode], env=env,
+                              capture_output=True, text=True, timeout=10, check=False)
+
+    server.start()
+    try:
+        for _ in range(100):
+            if probe("alive").returncode == 0:
+                break
+            time.sleep(0.05)
+        assert probe("alive").returncode == 0  # alive: it answers PING
+        not_ready = probe()
+        assert not_ready.returncode == 1
+        assert "not in sync" in not_ready.stdout
+        subprocess.run(["redis-cli", "-p", str(port), "--no-auth-warning", "-a", "admin-pass",
+                        "replicaof", "no", "one"], check=True, capture_output=True, timeout=10)
+        assert probe().returncode == 0  # a master is ready when it answers
+    finally:
+        server.stop()
