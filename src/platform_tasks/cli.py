@@ -107,20 +107,31 @@ def cmd_monitor(options: argparse.Namespace, settings: Settings) -> int:
 def cmd_health(options: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from platform_tasks.heartbeat import freshness_limit, last_seen, worker_hostname
+    from platform_tasks.heartbeat import (
+        freshness_limit,
+        last_alive,
+        last_seen,
+        liveness_file,
+        worker_hostname,
+    )
 
-    hostname = options.hostname or worker_hostname(options.queue)
-    seen = last_seen(settings, options.queue, hostname)
+    limit = freshness_limit(settings)
+    if options.local:
+        what = f"worker for queue {options.queue} (file {liveness_file(settings, options.queue)})"
+        seen = last_alive(settings, options.queue)
+    else:
+        hostname = options.hostname or worker_hostname(options.queue)
+        what = f"{hostname} on queue {options.queue}"
+        seen = last_seen(settings, options.queue, hostname)
     if seen is None:
-        print(f"unhealthy: {hostname} has no heartbeat on queue {options.queue}",
-              file=sys.stderr)
+        print(f"unhealthy: no heartbeat from {what}", file=sys.stderr)
         return 1
     age = time.time() - seen
-    if age > freshness_limit(settings):
-        print(f"unhealthy: {hostname} last beat {age:.1f}s ago "
-              f"(limit {freshness_limit(settings):g}s)", file=sys.stderr)
+    if age > limit:
+        print(f"unhealthy: {what} last beat {age:.1f}s ago (limit {limit:g}s)",
+              file=sys.stderr)
         return 1
-    print(f"healthy: {hostname} beat {age:.1f}s ago")
+    print(f"healthy: {what} beat {age:.1f}s ago")
     return 0
 
 
@@ -228,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--queue", required=True, choices=QUEUE_NAMES)
     health.add_argument("--hostname", default=None,
                         help="worker node name (default: <queue>@<this host>)")
+    health.add_argument("--local", action="store_true",
+                        help="check the heartbeat file on this host only, not Redis "
+                        "(the liveness probe)")
     health.set_defaults(handler=cmd_health)
 
     enqueue = commands.add_parser("enqueue", help="enqueue a task by name, print its id")

@@ -4,21 +4,27 @@ The worker's main process refreshes its entry in ``keys.worker_heartbeats(queue)
 set: hostname -> Unix time) every ``heartbeat_interval_seconds`` once it consumes, and removes
 it at shutdown. An entry older than :data:`MISSED_BEATS` intervals counts as gone: the monitor
 reports consumers from it and ``platform-tasks health`` turns it into an exit status, which is
-what the container probes run (a Redis read, no broadcast to every worker).
+what the startup and readiness probes run (a Redis read, no broadcast to every worker).
+
+Each beat also writes the time to a local file; ``platform-tasks health --local`` reads only
+that, for the liveness probe: a broker outage must not make Kubernetes restart every worker,
+which would interrupt running tasks and cannot bring the broker back.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
 from platform_tasks import keys
-from platform_tasks.redis_client import connect
+from platform_tasks.redis_client import connect, no_retry
 from platform_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,12 +44,28 @@ def freshness_limit(settings: Settings) -> float:
     return MISSED_BEATS * settings.heartbeat_interval_seconds
 
 
+def liveness_file(settings: Settings, queue: str) -> Path:
+    """Where the worker of ``queue`` records each beat on local disk."""
+    if settings.heartbeat_file is not None:
+        return settings.heartbeat_file
+    return Path(tempfile.gettempdir()) / f"platform-tasks-{queue}.alive"
+
+
+def last_alive(settings: Settings, queue: str) -> float | None:
+    """Unix time the local worker last beat, from its file; None when there is none."""
+    try:
+        return float(liveness_file(settings, queue).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 class Heartbeat:
     """A daemon thread that keeps one worker's entry fresh until :meth:`stop`."""
 
     def __init__(self, settings: Settings, queue: str, hostname: str) -> None:
         self.settings = settings
         self.key = keys.worker_heartbeats(queue)
+        self.file = liveness_file(settings, queue)
         self.hostname = hostname
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -56,10 +78,20 @@ class Heartbeat:
             pipe.zremrangebyscore(self.key, "-inf", forget_before)
             pipe.execute()
 
+    def _touch_file(self) -> None:
+        # Local and independent of Redis: liveness must not fail because the broker does.
+        try:
+            temporary = self.file.with_name(self.file.name + ".tmp")
+            temporary.write_text(f"{time.time():.3f}\n")
+            temporary.replace(self.file)
+        except OSError as error:
+            logger.warning("liveness file %s not written: %s", self.file, error)
+
     def _run(self) -> None:
-        client = connect(self.settings)
+        client = connect(self.settings, retry=no_retry())
         try:
             while not self._stopped.is_set():
+                self._touch_file()
                 try:
                     self.beat_once(client)
                 except Exception as error:
@@ -86,7 +118,7 @@ class Heartbeat:
 
 def last_seen(settings: Settings, queue: str, hostname: str) -> float | None:
     """Unix time of ``hostname``'s last heartbeat on ``queue``, None when it has none."""
-    client = connect(settings)
+    client = connect(settings, retry=no_retry())
     try:
         score = client.zscore(keys.worker_heartbeats(queue), hostname)
     finally:

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from kombu.transport.redis import PRIORITY_STEPS
 
 from platform_tasks.queues import QUEUE_NAMES
 
 PRIORITY_SEPARATOR = "\x06\x16"
 UNACKED_HASH = "unacked"
-PRIORITIES = tuple(range(10))
+#: The sub-lists kombu's Redis transport files priorities 0-9 into (its default
+#: ``priority_steps``, which the platform keeps): the rest never hold a message.
+PRIORITIES: tuple[int, ...] = tuple(PRIORITY_STEPS)
 
 
 def priority_list(queue: str, priority: int) -> str:

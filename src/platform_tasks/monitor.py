@@ -27,10 +27,13 @@ from platform_tasks.heartbeat import live_consumers
 from platform_tasks.inspection import PRIORITIES, priority_list, unacked_by_queue
 from platform_tasks.observability import catalog
 from platform_tasks.queues import QUEUE_NAMES
-from platform_tasks.redis_client import connect, sentinel_kwargs
+from platform_tasks.redis_client import connect, no_retry, sentinel_kwargs
 from platform_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: Checks that read the broker, skipped in a round whose broker check failed.
+_NEEDS_BROKER = frozenset({"queues", "beat"})
 
 #: redis-py's booleans derived from Sentinel flags that make a replica useless for a failover.
 _UNHEALTHY = ("is_sdown", "is_odown", "is_disconnected")
@@ -112,7 +115,7 @@ class BrokerMonitor:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = connect(self.settings)
+            self._client = connect(self.settings, retry=no_retry())
         return self._client
 
     def close(self) -> None:
@@ -129,28 +132,38 @@ class BrokerMonitor:
         )
 
     def poll_once(self) -> None:
+        """One round of every check. A failed broker check skips the checks that read the
+        broker (they would only wait out the same timeout again); the Sentinels are asked
+        regardless, since they are what tells why the broker is gone."""
         now = time.time()
-        queues_ok = True
+        broker_ok = True
         for name, check in self._checks():
+            if not broker_ok and name in _NEEDS_BROKER:
+                self.gauges.poll_errors.labels(name).inc()
+                continue
             try:
                 check(now)
             except Exception as error:
-                queues_ok = queues_ok and name not in {"broker", "queues"}
                 self.gauges.poll_errors.labels(name).inc()
                 logger.warning("monitor check %s failed: %s: %s", name,
                                type(error).__name__, error)
+                if name in _NEEDS_BROKER or name == "broker":
+                    broker_ok = False
                 if name == "broker":
                     self.gauges.broker_up.set(0)
                     self.close()  # reconnect through the Sentinels on the next round
-        if queues_ok:
+        if broker_ok:
             self.gauges.last_poll.set(time.time())
 
     # -- checks -------------------------------------------------------------------------
 
     def _check_broker(self, now: float) -> None:
         info = self.client.info("replication")
-        is_master = info.get("role") == "master"
-        self.gauges.broker_up.set(1 if is_master else 0)
+        if info.get("role") != "master":
+            # Connected to a demoted node: ask the Sentinels for the master next round.
+            self.close()
+            raise ConnectionError(f"the broker node answers as {info.get('role')!r}")
+        self.gauges.broker_up.set(1)
         self.gauges.connected_replicas.set(int(info.get("connected_slaves", 0)))
 
     def _check_queues(self, now: float) -> None:
@@ -200,7 +213,7 @@ class BrokerMonitor:
         reachable = 0
         view: dict[str, Any] | None = None
         replicas: list[dict[str, Any]] = []
-        options = sentinel_kwargs(self.settings)
+        options = sentinel_kwargs(self.settings, retry=no_retry())
         for host, port in self.settings.sentinels:
             sentinel = redis.Redis(host=host, port=port, decode_responses=True,
                                    socket_connect_timeout=options["socket_timeout"], **options)
@@ -208,14 +221,20 @@ class BrokerMonitor:
                 master = cast(dict[str, Any], sentinel.sentinel_master(name))
                 reachable += 1
                 if view is None:
-                    view = master
+                    # Master and replicas from the same Sentinel, or not at all: a half
+                    # answer would read as "no healthy replica".
                     replicas = sentinel.sentinel_slaves(name)
+                    view = master
             except (redis.RedisError, OSError):
                 continue
             finally:
                 sentinel.close()
         self.gauges.sentinel_reachable.set(reachable)
         if view is None:
+            # No Sentinel to say where the master is: no address is better than a stale one.
+            if self._master_address is not None:
+                self.gauges.sentinel_master.remove(self._master_address)
+                self._master_address = None
             raise ConnectionError("no Sentinel answered")
         address = f"{view['ip']}:{view['port']}"
         if self._master_address not in (None, address):

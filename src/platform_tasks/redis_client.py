@@ -6,6 +6,8 @@ import ssl
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from platform_tasks.settings import Settings
@@ -25,9 +27,17 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+def no_retry() -> Retry:
+    """For callers that poll on their own schedule: redis-py's default (10 retries, each
+    waiting out the socket timeout) would turn one hung node into minutes of blocking."""
+    return Retry(NoBackoff(), 0)
+
+
+def sentinel_kwargs(settings: Settings, *, retry: Retry | None = None) -> dict[str, Any]:
     """How to authenticate to (and encrypt traffic with) the Sentinels themselves."""
     options: dict[str, Any] = {"socket_timeout": settings.redis_socket_timeout}
+    if retry is not None:
+        options["retry"] = retry
     password = _secret(settings.sentinel_password)
     if password is not None:
         options["password"] = password
@@ -35,8 +45,13 @@ def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def connect(settings: Settings, *, db: int | None = None) -> redis.Redis:
-    """A client for the current master (database ``db``, the broker's by default)."""
+def connect(
+    settings: Settings, *, db: int | None = None, retry: Retry | None = None
+) -> redis.Redis:
+    """A client for the current master (database ``db``, the broker's by default).
+
+    ``retry`` replaces redis-py's default retry policy (see :func:`no_retry`).
+    """
     database = settings.broker_db if db is None else db
     common: dict[str, Any] = {
         "db": database,
@@ -47,10 +62,12 @@ def connect(settings: Settings, *, db: int | None = None) -> redis.Redis:
         "health_check_interval": 10,
         "decode_responses": True,
     }
+    if retry is not None:
+        common["retry"] = retry
     if settings.uses_sentinel:
         sentinel = Sentinel(
             list(settings.sentinels),
-            sentinel_kwargs=sentinel_kwargs(settings),
+            sentinel_kwargs=sentinel_kwargs(settings, retry=retry),
             **tls_options(settings),
         )
         master: redis.Redis = sentinel.master_for(settings.sentinel_master, **common)

@@ -178,6 +178,11 @@ class Settings(BaseSettings):
         description="workers send Celery task events (Flower's task list and celery-exporter's "
         "worker series need them)",
     )
+    heartbeat_file: Path | None = Field(
+        default=None,
+        description="file a worker touches on every heartbeat, for the liveness probe "
+        "(default: platform-tasks-<queue>.alive in the system temp dir)",
+    )
     heartbeat_interval_seconds: float = Field(
         default=5.0, ge=0.2, le=300,
         description="how often a worker refreshes its heartbeat; missing 3 means it is gone",

@@ -69,8 +69,12 @@ def test_one_worker_deployment_per_queue_runs_that_queues_worker(
     # Warm shutdown lets a running task finish within its hard limit; the soft-shutdown time
     # is the margin on top.
     assert spec["terminationGracePeriodSeconds"] == policy.time_limit + policy.soft_shutdown_seconds
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert main[probe]["exec"]["command"] == ["platform-tasks", "health", "--queue", queue]
+    # Startup and readiness ask Redis for this worker's heartbeat; liveness reads only the
+    # local file, so a broker outage restarts no worker.
+    probe_command = ["platform-tasks", "health", "--queue", queue]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert main[probe]["exec"]["command"] == probe_command
+    assert main["livenessProbe"]["exec"]["command"] == [*probe_command, "--local"]
     env = env_of(main)
     assert env["PLATFORM_TASKS_METRICS_PORT"]["value"] == "9808"
     assert env["PLATFORM_TASKS_METRICS_DIR"]["value"] == "/tmp/metrics"
@@ -324,6 +328,25 @@ def test_monitoring_objects_need_both_the_value_and_the_crds(
     without = render(cases["monitoring"].values, api_versions=(KEDA_API,))
     assert not [o for o in without.objects if o["apiVersion"] == MONITORING_API]
     assert "monitoring.coreos.com/v1" in without.notes
+
+
+@pytest.mark.parametrize(
+    ("disabled", "absent_groups"),
+    [
+        ("beat", {"platform-tasks.beat"}),
+        ("monitor", {"platform-tasks.queues", "platform-tasks.beat", "platform-tasks.broker",
+                     "platform-tasks.monitoring"}),
+    ],
+)
+def test_rules_about_a_component_not_installed_are_left_out(
+    cases: dict, disabled: str, absent_groups: set[str], helm: None
+) -> None:
+    values = {**cases["monitoring"].values, disabled: {"enabled": False}}
+    rendered = render(values, api_versions=cases["monitoring"].api_versions)
+    rule = rendered.named("PrometheusRule", "platform-tasks")
+    groups = {group["name"] for group in rule["spec"]["groups"]}
+    assert not groups & absent_groups
+    assert {"platform-tasks.tasks", "platform-tasks.workers"} <= groups
 
 
 def test_each_dashboard_becomes_a_configmap_for_the_grafana_sidecar(

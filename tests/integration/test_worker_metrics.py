@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from platform_tasks import keys
 from platform_tasks.observability import catalog
 from platform_tasks.producer import TaskProducer
+from platform_tasks.redis_client import connect
 
 if TYPE_CHECKING:
     from platform_tasks.devstack.stack import DevStack
@@ -105,10 +107,13 @@ def test_a_killed_pool_process_is_replaced_counted_and_its_live_gauges_dropped(
         assert producer.wait(producer.enqueue(ADD, queue="default", args=[1, 2]), 60).result == 3
 
 
-def health(dev_stack: DevStack, *args: str) -> subprocess.CompletedProcess[str]:
+def health(dev_stack: DevStack, *args: str, queue: str = "default",
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The probe command, run in the environment of ``queue``'s worker."""
     return subprocess.run(
         [sys.executable, "-m", "platform_tasks", "health", *args],
-        env=dev_stack.env, capture_output=True, text=True, timeout=60,
+        env={**dev_stack.worker_env(queue), **(env or {})},
+        capture_output=True, text=True, timeout=60,
     )
 
 
@@ -119,4 +124,29 @@ def test_health_probe_reads_the_worker_heartbeat(dev_stack: DevStack) -> None:
 
     absent = health(dev_stack, "--queue", "email")
     assert absent.returncode == 1
-    assert "has no heartbeat on queue email" in absent.stderr
+    assert "no heartbeat from email@" in absent.stderr
+
+    client = connect(dev_stack.settings())
+    try:
+        client.zadd(keys.worker_heartbeats("default"), {"default@gone": time.time() - 600})
+    finally:
+        client.close()
+    stale = health(dev_stack, "--queue", "default", "--hostname", "default@gone")
+    assert stale.returncode == 1
+    assert "default@gone on queue default last beat" in stale.stderr
+
+
+def test_liveness_reads_only_the_local_file(dev_stack: DevStack) -> None:
+    alive = health(dev_stack, "--queue", "default", "--local")
+    assert alive.returncode == 0, alive.stderr
+
+    # No Redis at all: the answer comes from the file alone.
+    offline = health(dev_stack, "--queue", "default", "--local",
+                     env={"PLATFORM_TASKS_SENTINELS": "127.0.0.1:1"})
+    assert offline.returncode == 0, offline.stderr
+
+    nowhere = str(dev_stack.run_dir / "media.alive")
+    no_worker = health(dev_stack, "--queue", "media", "--local",
+                       env={"PLATFORM_TASKS_HEARTBEAT_FILE": nowhere})
+    assert no_worker.returncode == 1
+    assert "no heartbeat from worker for queue media" in no_worker.stderr

@@ -52,6 +52,10 @@ def monitor_argv() -> list[str]:
     return [sys.executable, "-m", "platform_tasks", "monitor"]
 
 
+#: The user of Flower's basic auth in the local stack; the password is random per stack.
+FLOWER_USER = "flower"
+
+
 def flower_argv(port: int) -> list[str]:
     """Flower, through Celery's own CLI and the app module that reads the environment."""
     return [
@@ -109,6 +113,10 @@ class DevStack(Service):
         )
         self.flower = flower
         self.flower_port: int | None = None
+        #: Flower's basic-auth login ``(user, password)``: its HTTP API answers no one without.
+        self.flower_auth: tuple[str, str] | None = (
+            (FLOWER_USER, secrets.token_urlsafe(18)) if flower else None
+        )
         self.monitor = monitor
         self.monitor_port: int | None = None
         #: Queue -> port of that worker's /metrics.
@@ -154,13 +162,8 @@ class DevStack(Service):
             self._env = self._build_env()
             for queue in self.queues:
                 self.metrics_ports[queue] = free_port()
-                self._spawn(
-                    f"worker-{queue}", worker_argv(queue), restart=self.restart_workers,
-                    env={
-                        "PLATFORM_TASKS_METRICS_PORT": str(self.metrics_ports[queue]),
-                        "PLATFORM_TASKS_METRICS_DIR": str(self.run_dir / "metrics" / queue),
-                    },
-                )
+                self._spawn(f"worker-{queue}", worker_argv(queue),
+                            restart=self.restart_workers, env=self._worker_overrides(queue))
             if self.monitor:
                 self.monitor_port = free_port()
                 self._spawn(
@@ -170,9 +173,12 @@ class DevStack(Service):
             for index in range(self.beats):
                 name = "beat" if self.beats == 1 else f"beat-{index + 1}"
                 self._spawn(name, beat_argv(), restart=True)
-            if self.flower:
+            if self.flower_auth is not None:
                 self.flower_port = free_port()
-                self._spawn("flower", flower_argv(self.flower_port))
+                # Flower reads FLOWER_* variables; the password stays off the command line,
+                # which goes into the process's log and shows in ps.
+                self._spawn("flower", flower_argv(self.flower_port),
+                            env={"FLOWER_BASIC_AUTH": ":".join(self.flower_auth)})
             self._supervisor.start()
         except BaseException:
             self.stop()
@@ -203,6 +209,19 @@ class DevStack(Service):
         if self._env is None:
             raise StackError("the stack is not started")
         return dict(self._env)
+
+    def worker_env(self, queue: str) -> dict[str, str]:
+        """The environment ``queue``'s worker runs with, e.g. for its probe commands."""
+        return {**self.env, **self._worker_overrides(queue)}
+
+    def _worker_overrides(self, queue: str) -> dict[str, str]:
+        # Each worker of the one host gets its own metrics port and directory and its own
+        # liveness file, as each pod would.
+        return {
+            "PLATFORM_TASKS_METRICS_PORT": str(self.metrics_ports[queue]),
+            "PLATFORM_TASKS_METRICS_DIR": str(self.run_dir / "metrics" / queue),
+            "PLATFORM_TASKS_HEARTBEAT_FILE": str(self.run_dir / f"{queue}.alive"),
+        }
 
     def settings(self) -> Settings:
         """The platform settings that talk to this stack."""
@@ -257,6 +276,9 @@ class DevStack(Service):
         env["PLATFORM_TASKS_METRICS_HOST"] = LOOPBACK
         env["PLATFORM_TASKS_HEARTBEAT_INTERVAL_SECONDS"] = "2"
         env["PLATFORM_TASKS_MONITOR_INTERVAL_SECONDS"] = "2"
+        if self.flower:
+            # Flower's task list is built from the workers' task events.
+            env["PLATFORM_TASKS_TASK_EVENTS"] = "true"
         env.update(self.extra_env)
         return env
 

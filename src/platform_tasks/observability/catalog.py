@@ -115,11 +115,13 @@ POOL_PROCESS_STARTS = MetricSpec(
 
 QUEUE_READY = MetricSpec(
     "platform_tasks_queue_ready_messages", "gauge", Source.MONITOR, ("queue", "priority"),
-    "Messages waiting in a queue, per priority sub-list (0 is the plain list).",
+    "Messages waiting in a queue, per priority sub-list: kombu files priorities 0-9 into "
+    "the sub-lists 0 (the plain list), 3, 6 and 9.",
 )
 QUEUE_UNACKED = MetricSpec(
     "platform_tasks_queue_unacked_messages", "gauge", Source.MONITOR, ("queue",),
-    "Messages delivered to a worker and not yet acknowledged (prefetched or running).",
+    "Messages delivered to a worker and not yet acknowledged (prefetched, running, or held "
+    "by the worker until their countdown/ETA).",
 )
 QUEUE_OLDEST_AGE = MetricSpec(
     "platform_tasks_queue_oldest_message_age_seconds", "gauge", Source.MONITOR, ("queue",),
@@ -147,7 +149,8 @@ BROKER_CONNECTED_REPLICAS = MetricSpec(
 )
 SENTINEL_MASTER = MetricSpec(
     "platform_tasks_sentinel_master_info", "gauge", Source.MONITOR, ("address",),
-    "1 for the master address the Sentinels agree on (the label changes at a failover).",
+    "1 for the master address the first answering Sentinel names (the label changes at a "
+    "failover; no series while no Sentinel answers).",
 )
 SENTINEL_REACHABLE = MetricSpec(
     "platform_tasks_sentinel_reachable_sentinels", "gauge", Source.MONITOR, (),

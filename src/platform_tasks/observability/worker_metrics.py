@@ -11,6 +11,7 @@ its own errors.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -21,10 +22,11 @@ from collections.abc import Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+from billiard.exceptions import TimeLimitExceeded
 from celery import signals
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from platform_tasks import headers
 from platform_tasks.observability import catalog
@@ -166,10 +168,22 @@ def _retry(request: Any = None, reason: Any = None, sender: Any = None, **_: Any
     task_retries.labels(queue_of(request), name, _exception_name(reason)).inc()
 
 
-def _failure(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+def _failure(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+    **_: Any,
+) -> None:
     request = getattr(sender, "request", None)
     queue, name = queue_of(request), str(getattr(sender, "name", UNKNOWN))
     task_failures.labels(queue, name, _exception_name(exception)).inc()
+    with _running_lock:
+        ran_here = task_id in _running
+    if not ran_here:
+        # The main process reports a pool process killed at the hard time limit (or lost),
+        # and no postrun follows: count the run in the runtime histogram here, at the limit
+        # it ran to, so that its _count stays the number of runs.
+        limit = getattr(sender, "time_limit", None) if isinstance(exception, TimeLimitExceeded) \
+            else None
+        task_runtime.labels(queue, name, "failed").observe(float(limit or 0.0))
     retries = getattr(request, "retries", 0) or 0
     max_retries = getattr(sender, "max_retries", None)
     exhausted = max_retries is not None and 0 < max_retries <= retries
@@ -273,12 +287,16 @@ class _LiveProcessesCollector:
     def __init__(self, path: str) -> None:
         self.path = path
         self._merged = MultiProcessCollector(None, path)
+        self._pruning = threading.Lock()
 
     def collect(self) -> Iterable[Metric]:
-        for file in glob.glob(os.path.join(self.path, "gauge_live*_*.db")):
-            match = _DEAD_FILE.match(os.path.basename(file))
-            if match and not _pid_alive(int(match.group(1))):
-                mark_process_dead(int(match.group(1)), self.path)
+        # The HTTP server is threaded: two scrapes at once must not both delete a file.
+        with self._pruning:
+            for file in glob.glob(os.path.join(self.path, "gauge_live*_*.db")):
+                match = _DEAD_FILE.match(os.path.basename(file))
+                if match and not _pid_alive(int(match.group(1))):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(file)
         metrics: Iterable[Metric] = self._merged.collect()
         return metrics
 
