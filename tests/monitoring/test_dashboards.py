@@ -127,12 +127,24 @@ def test_every_dashboard_has_a_prometheus_datasource_variable() -> None:
         assert variables["datasource"]["query"] == "prometheus", uid
 
 
+def test_every_selector_filters_on_the_namespace_variable_whose_all_matches_no_label() -> None:
+    for uid, model in committed().items():
+        variables = {v["name"]: v for v in model["templating"]["list"]}
+        namespace = variables["namespace"]
+        assert (namespace["includeAll"], namespace["allValue"]) == (True, ".*"), uid
+    for query in dashboards.panel_queries():
+        for token in re.findall(r"\bplatform_tasks_\w+(\{[^}]*\})?", query.expr):
+            assert 'namespace=~"$namespace"' in token, (query.panel_title, query.expr)
+
+
 def test_the_drilldown_picks_its_queue_from_the_monitors_ready_metric() -> None:
     variables = {v["name"]: v for v in committed()["platform-tasks-queue"]["templating"]["list"]}
 
     queue = variables["queue"]
     assert queue["type"] == "query"
-    assert queue["query"]["query"] == f"label_values({catalog.QUEUE_READY.name}, queue)"
+    assert queue["query"]["query"] == (
+        f'label_values({catalog.QUEUE_READY.name}{{namespace=~"$namespace"}}, queue)'
+    )
     assert queue["datasource"]["uid"] == "${datasource}"
     assert not queue["multi"]
     assert not queue["includeAll"]

@@ -42,6 +42,10 @@ TAGS = ("platform-tasks", "celery")
 
 RATE_INTERVAL = "$__rate_interval"
 QUEUE_MATCHER = 'queue="$queue"'
+#: On every selector: one Prometheus often scrapes several releases (staging and production
+#: in two namespaces); "All" (the default) is ``.*``, which also matches series that carry
+#: no namespace label at all, as on the local stack.
+NAMESPACE_MATCHER = 'namespace=~"$namespace"'
 #: Panels and targets both name it: a target without a datasource falls back to the
 #: panel's, and a panel without one to Grafana's default, which may not be Prometheus.
 DATASOURCE: Mapping[str, str] = MappingProxyType({"type": "prometheus", "uid": "${datasource}"})
@@ -73,7 +77,7 @@ def _series(spec: MetricSpec, suffix: str = "", matchers: str = "") -> str:
     name = spec.name + suffix
     if name not in spec.exposed_names:
         raise ValueError(f"{name} is not a series of {spec.name}")
-    return f"{name}{{{matchers}}}" if matchers else name
+    return f"{name}{{{', '.join(m for m in (NAMESPACE_MATCHER, matchers) if m)}}}"
 
 
 def _rate(selector: str) -> str:
@@ -115,8 +119,10 @@ def concrete(expr: str, *, rate_interval: str = "1m") -> str:
     """``expr`` as a plain Prometheus query: every queue instead of ``$queue``, and a fixed
     window instead of Grafana's ``$__rate_interval``."""
     every_queue = "|".join(QUEUE_NAMES)
-    return expr.replace(QUEUE_MATCHER, f'queue=~"{every_queue}"').replace(
-        RATE_INTERVAL, rate_interval
+    return (
+        expr.replace(QUEUE_MATCHER, f'queue=~"{every_queue}"')
+        .replace(NAMESPACE_MATCHER, 'namespace=~".*"')
+        .replace(RATE_INTERVAL, rate_interval)
     )
 
 
@@ -437,7 +443,7 @@ def _overview() -> _Dashboard:
         "and the platform-tasks monitor); celery-exporter's series are for the celery-mixin "
         "dashboards.",
         rows,
-        (_datasource_variable(),),
+        (_datasource_variable(), _namespace_variable()),
         intro,
     )
 
@@ -642,7 +648,7 @@ def _drilldown() -> _Dashboard:
         "One platform-tasks queue in detail: per task throughput, latency and failures, its "
         "backlog by priority, and its workers. Pick the queue at the top.",
         rows,
-        (_datasource_variable(), _queue_variable()),
+        (_datasource_variable(), _namespace_variable(), _queue_variable()),
     )
 
 
@@ -665,8 +671,31 @@ def _datasource_variable() -> dict[str, Any]:
     }
 
 
+def _namespace_variable() -> dict[str, Any]:
+    query = f"label_values({catalog.QUEUE_READY.name}, namespace)"
+    return {
+        "name": "namespace",
+        "label": "Namespace",
+        "type": "query",
+        "datasource": dict(DATASOURCE),
+        "definition": query,
+        "query": {"qryType": 1, "query": query, "refId": "PrometheusVariableQueryEditor"},
+        "current": {"selected": True, "text": "All", "value": "$__all"},
+        "hide": 0,
+        "includeAll": True,
+        # Not Grafana's default (a list of the values found): with no namespace label at
+        # all, .* still matches every series.
+        "allValue": ".*",
+        "multi": False,
+        "options": [],
+        "refresh": 2,
+        "regex": "",
+        "sort": 1,
+    }
+
+
 def _queue_variable() -> dict[str, Any]:
-    query = f"label_values({catalog.QUEUE_READY.name}, queue)"
+    query = f"label_values({catalog.QUEUE_READY.name}{{{NAMESPACE_MATCHER}}}, queue)"
     return {
         "name": "queue",
         "label": "Queue",
