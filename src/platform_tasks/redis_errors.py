@@ -8,6 +8,7 @@ and kombu treat these as plain errors, not connection errors, so their retries s
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -17,14 +18,18 @@ import redis
 ResultT = TypeVar("ResultT")
 
 TRANSIENT_REPLY_PREFIXES = ("NOREPLICAS", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN")
+# redis-py reports a reply inside a pipeline as "Command # 1 (…) of pipeline caused error: …".
+_TRANSIENT_REPLY = re.compile(
+    r"(?:^|of pipeline caused error: )(?:" + "|".join(TRANSIENT_REPLY_PREFIXES) + r")\b"
+)
 
 
 def is_transient_reply(error: BaseException) -> bool:
     """Whether ``error`` is a Redis reply that a retry a little later can get past."""
     if isinstance(error, redis.ReadOnlyError | redis.BusyLoadingError):
         return True
-    return isinstance(error, redis.ResponseError) and str(error).startswith(
-        TRANSIENT_REPLY_PREFIXES
+    return isinstance(error, redis.ResponseError) and bool(
+        _TRANSIENT_REPLY.search(str(error))
     )
 
 

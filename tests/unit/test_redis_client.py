@@ -27,3 +27,12 @@ def test_failover_replies_are_transient_and_others_are_not() -> None:
     assert is_transient_reply(redis.ResponseError("NOREPLICAS Not enough good replicas"))
     assert is_transient_reply(redis.ReadOnlyError("READONLY You can't write"))
     assert not is_transient_reply(redis.ResponseError("WRONGTYPE Operation against a key"))
+
+
+def test_a_failover_reply_inside_a_pipeline_is_transient_too() -> None:
+    assert is_transient_reply(redis.ResponseError(
+        "Command # 1 (HSET k f v) of pipeline caused error: NOREPLICAS Not enough good replicas"
+    ))
+    assert not is_transient_reply(redis.ResponseError(
+        "Command # 2 (HSET NOREPLICAS f v) of pipeline caused error: WRONGTYPE Operation"
+    ))
