@@ -18,6 +18,7 @@ from chart_tools import (
     KEDA_API,
     MONITORING_API,
     TEST_AUTH,
+    Case,
     Render,
     containers,
     env_of,
@@ -241,6 +242,20 @@ def test_the_exporter_watches_every_queue_through_the_sentinels(renders: dict[st
                and a.endswith(":26379/0") for a in alternatives)
     # $(VAR) in args is expanded by the kubelet from the container's own env.
     assert {"REDIS_PASSWORD", "SENTINEL_PASSWORD"} <= set(env_of(main))
+
+
+def test_the_exporter_lists_a_queue_whose_worker_is_disabled(
+    helm: None, cases: dict[str, Case]
+) -> None:
+    # celery-exporter reports a queue no live worker consumes only when -Q names it: the
+    # queue of a disabled worker is exactly the one whose backlog nobody else would show.
+    values = copy.deepcopy(cases["flower-exporter"].values)
+    values["workers"] = {"media": {"enabled": False}}
+    r = render(values)
+    assert "platform-tasks-worker-media" not in {d["metadata"]["name"]
+                                                for d in r.of_kind("Deployment")}
+    args = container(r.named("Deployment", "platform-tasks-exporter"))["args"]
+    assert f"--queues={','.join(sorted(QUEUE_NAMES))}" in args
 
 
 def test_flower_runs_celerys_cli_behind_basic_auth(renders: dict[str, Render]) -> None:
