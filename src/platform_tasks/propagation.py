@@ -23,7 +23,12 @@ def _copy_correlation(headers_: dict[str, Any] | None = None, **_: Any) -> None:
         return
     task = current_task
     parent = headers.read(task.request, headers.CORRELATION_ID) if task else None
-    headers_[headers.CORRELATION_ID] = parent or headers_.get("root_id") or headers_.get("id")
+    # Without a parent to copy from, the canvas's own id: a group's (or a chord header's)
+    # members share their group id, where each would otherwise be its own root; a chain's
+    # steps share the first task's id.
+    headers_[headers.CORRELATION_ID] = (
+        parent or headers_.get("group") or headers_.get("root_id") or headers_.get("id")
+    )
 
 
 def _on_publish(sender: Any = None, headers: dict[str, Any] | None = None, **kwargs: Any) -> None:

@@ -43,7 +43,7 @@ def test_dev_runs_the_demo_and_stops_everything_on_ctrl_c(
         text = log.read_text()
         assert "demo finished as expected" in text
         pids = [int(pid) for pid in re.findall(r" pid (\d+) ", text)]
-        assert len(pids) == 3 + 3 + 4 + 1  # nodes, sentinels, workers, beat
+        assert len(pids) == 3 + 3 + 4 + 1 + 1  # nodes, sentinels, workers, monitor, beat
         assert all(alive(pid) for pid in pids)
         assert (tmp_path / "run" / "env.sh").stat().st_mode & 0o777 == 0o600
 

@@ -90,6 +90,16 @@ def test_login_against_a_server_without_auth_is_permanent(sink: SmtpSink) -> Non
     assert sink.messages() == []
 
 
+def test_login_with_the_configured_password_delivers() -> None:
+    with SmtpSink(credentials=("bot", "s3cret-pw")) as sink:
+        send_message(settings_for(sink.port, smtp_username="bot", smtp_password="s3cret-pw"),
+                     mail("user@example.com"))
+        with pytest.raises(PermanentMailError, match="535"):
+            send_message(settings_for(sink.port, smtp_username="bot", smtp_password="wrong"),
+                         mail("user@example.com"))
+        assert len(sink.messages()) == 1
+
+
 def test_a_message_without_recipients_is_permanent(sink: SmtpSink) -> None:
     message = EmailMessage()
     message["Subject"] = "nobody"

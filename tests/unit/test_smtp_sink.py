@@ -140,3 +140,18 @@ def test_standalone_run_serves_until_sigterm(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
+
+
+def test_with_credentials_mail_is_accepted_only_after_logging_in_with_them() -> None:
+    with SmtpSink(credentials=("bot", "s3cret-pw")) as sink:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            send(sink, message("someone@example.com"))
+        assert refused.value.recipients["someone@example.com"][0] == 530
+
+        with smtplib.SMTP("127.0.0.1", sink.port, timeout=5) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("bot", "wrong")
+            client.login("bot", "s3cret-pw")
+            assert client.send_message(message("someone@example.com")) == {}
+
+        assert len(sink.messages()) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -34,8 +35,14 @@ def _write_env_file(stack: DevStack) -> Path:
     path = stack.run_dir / "env.sh"
     lines = [f"export {key}={shlex.quote(value)}" for key, value in
              _platform_env(stack.env).items()]
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
+    if stack.flower_auth is not None:
+        # Flower's login, as `curl -u "$FLOWER_BASIC_AUTH"` and Flower itself read it.
+        lines.append(f"export FLOWER_BASIC_AUTH={shlex.quote(':'.join(stack.flower_auth))}")
+    # Created owner-only, so the passwords are never readable by others, not even briefly.
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write("\n".join(lines) + "\n")
     return path
 
 
@@ -52,8 +59,9 @@ def print_banner(stack: DevStack, out: TextIO) -> None:
               file=out)
     if stack.gateway is not None:
         print(f"  gateway:     {stack.gateway.url}", file=out)
-    if stack.flower_url is not None:
-        print(f"  flower:      {stack.flower_url}", file=out)
+    if stack.flower_url is not None and stack.flower_auth is not None:
+        print(f"  flower:      {stack.flower_url} (user {stack.flower_auth[0]}, password in "
+              "env.sh as FLOWER_BASIC_AUTH)", file=out)
     for name, url in stack.metrics_urls.items():
         print(f"  metrics:     {name:<16} {url}", file=out)
     print(f"  media root:  {stack.media_root}", file=out)

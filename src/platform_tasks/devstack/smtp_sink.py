@@ -7,6 +7,10 @@ accepted after that. (The task contracts validate addresses with ``EmailStr``, w
 special-use domains such as ``.test`` before anything is sent; ``invalid.example.com`` passes
 that check, so a task can be driven into the 550.)
 
+With ``credentials``, the sink offers AUTH (PLAIN and LOGIN, without TLS: it listens on
+loopback) and refuses recipients, with ``530``, in a session that has not logged in with them,
+so a client configured with a password is seen to use it.
+
 Messages are kept in memory (:meth:`SmtpSink.messages`) and, with ``mail_dir``, written as
 ``.eml`` files so another process can read them (:func:`read_mail_dir`).
 
@@ -16,6 +20,7 @@ Run on its own with ``python -m platform_tasks.devstack.smtp_sink --port P --mai
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
 import os
 import signal
@@ -32,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from platform_tasks.devstack.lifecycle import Service
 
@@ -90,6 +96,8 @@ class _Handler:
     async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        if self._sink.credentials is not None and not session.authenticated:
+            return "530 5.7.0 Authentication required"
         local, _, domain = address.rpartition("@")
         if _is_rejected(domain):
             return f"550 5.1.1 <{address}>: recipient domain {domain} accepts no mail"
@@ -115,9 +123,15 @@ class SmtpSink(Service):
     """The sink server; :meth:`start` it, point the tasks at :attr:`port`, :meth:`stop` it."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, mail_dir: Path | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mail_dir: Path | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
+        #: ``(user, password)`` a client must log in with before mail is accepted.
+        self.credentials = credentials
         self._port = port
         self.mail_dir = mail_dir
         self._lock = threading.Lock()
@@ -142,7 +156,14 @@ class SmtpSink(Service):
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.create_server((self.host, self._port), family=family)
         self._port = int(sock.getsockname()[1])
-        controller = _BoundController(_Handler(self), sock, server_hostname=SERVER_HOSTNAME)
+        auth: dict[str, Any] = {}
+        if self.credentials is not None:
+            # AUTH offered without TLS, on loopback only. Not aiosmtpd's auth_required, which
+            # warns about exactly that; the RCPT hook refuses a session that did not log in.
+            auth = {"authenticator": self._authenticate, "auth_require_tls": False}
+        controller = _BoundController(
+            _Handler(self), sock, server_hostname=SERVER_HOSTNAME, **auth
+        )
         try:
             controller.start()
         except BaseException:
@@ -198,6 +219,19 @@ class SmtpSink(Service):
                 self._arrived.wait(remaining)
 
     # -- called from the server's thread ---------------------------------------------------
+
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        assert self.credentials is not None
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user, password = (part.encode() for part in self.credentials)
+        # Both compared, in constant time, so a wrong user takes as long as a wrong password.
+        matches = hmac.compare_digest(auth_data.login, user) & hmac.compare_digest(
+            auth_data.password, password
+        )
+        return AuthResult(success=bool(matches), handled=False)
 
     def _first_sighting(self, address: str) -> bool:
         with self._lock:

@@ -38,6 +38,17 @@ def _queue(request: Any) -> Any:
     return delivery_info.get("routing_key") or delivery_info.get("queue")
 
 
+def _retries(request: Any) -> int:
+    # A running task's request has ``retries``; the worker's Request (received, revoked)
+    # keeps it only in the message headers, its ``request_dict``.
+    value = getattr(request, "retries", None)
+    if value is None:
+        request_dict = getattr(request, "request_dict", None)
+        if isinstance(request_dict, dict):
+            value = request_dict.get("retries")
+    return int(value or 0)
+
+
 def request_fields(request: Any, task_name: str | None = None) -> dict[str, Any]:
     """The fields that identify a task, from a running task's or a worker's request."""
     return {
@@ -46,7 +57,7 @@ def request_fields(request: Any, task_name: str | None = None) -> dict[str, Any]
             request, "name", None
         ),
         "queue": _queue(request),
-        "retries": getattr(request, "retries", None) or 0,
+        "retries": _retries(request),
         "worker": getattr(request, "hostname", None),
         "correlation_id": _correlation(request),
         "parent_id": getattr(request, "parent_id", None),
@@ -125,7 +136,7 @@ def _on_failure(
     )
 
 
-def _on_rejected(message: Any = None, exc: Any = None, **_: Any) -> None:
+def _log_rejected(sender: Any, message: Any, reason: str) -> None:
     message_headers = getattr(message, "headers", None) or {}
     delivery_info = getattr(message, "delivery_info", None) or {}
     logger.warning(
@@ -133,9 +144,26 @@ def _on_rejected(message: Any = None, exc: Any = None, **_: Any) -> None:
         task_id=message_headers.get("id"),
         task_name=message_headers.get("task"),
         queue=delivery_info.get("routing_key"),
+        retries=int(message_headers.get("retries") or 0),
+        worker=getattr(sender, "hostname", None),
         correlation_id=message_headers.get(headers.CORRELATION_ID),
-        reason=str(exc) if exc is not None else None,
+        parent_id=message_headers.get("parent_id"),
+        root_id=message_headers.get("root_id"),
+        reason=reason,
     )
+
+
+def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    # Celery sends task_rejected for a message it cannot read as a task (no task name, or an
+    # invalid one such as a bad ETA); exc is None for the former.
+    reason = str(exc) if exc is not None else "not a task message: it names no task"
+    _log_rejected(sender, message, reason)
+
+
+def _on_unknown(sender: Any = None, message: Any = None, name: Any = None, **_: Any) -> None:
+    # A task name this worker does not know: Celery sends task_unknown instead of
+    # task_rejected, but the message is rejected all the same (and its result marked failed).
+    _log_rejected(sender, message, f"unregistered task {name!r}: no such task on this worker")
 
 
 def _on_revoked(
@@ -157,6 +185,7 @@ _RECEIVERS: tuple[tuple[Any, Any], ...] = (
     (signals.task_retry, _on_retry),
     (signals.task_failure, _on_failure),
     (signals.task_rejected, _on_rejected),
+    (signals.task_unknown, _on_unknown),
     (signals.task_revoked, _on_revoked),
 )
 
