@@ -29,7 +29,9 @@ def _json_argument(text: str, what: str) -> Any:
         raise UsageError(f"{what} is not valid JSON: {error}") from None
 
 
-def _worker_argv(queue: str, settings: Settings, concurrency: int | None) -> list[str]:
+def _worker_argv(
+    queue: str, settings: Settings, concurrency: int | None, pool: str | None = None
+) -> list[str]:
     policy = policy_for(queue)
     return [
         # Quiet: no start-up banner printed around the logging pipeline (the first log
@@ -37,7 +39,7 @@ def _worker_argv(queue: str, settings: Settings, concurrency: int | None) -> lis
         "--quiet",
         "worker",
         f"--queues={queue}",
-        f"--pool={policy.pool}",
+        f"--pool={pool or policy.pool}",
         f"--concurrency={concurrency or policy.concurrency}",
         f"--prefetch-multiplier={policy.prefetch_multiplier}",
         f"--hostname={queue}@%h",
@@ -74,7 +76,9 @@ def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
         )
     route_worker_messages()
     try:
-        app.worker_main(_worker_argv(options.queue, settings, options.concurrency))
+        app.worker_main(
+        _worker_argv(options.queue, settings, options.concurrency, options.pool)
+    )
     finally:
         if settings.metrics_dir is None:
             multiprocess_dir.remove(metrics_dir)
@@ -223,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", required=True, choices=QUEUE_NAMES)
     worker.add_argument("--concurrency", type=int, default=None,
                         help="override the queue's concurrency")
+    worker.add_argument("--pool", choices=("prefork", "threads", "solo"), default=None,
+                        help="override the queue's pool (the thread pools enforce no time "
+                        "limits)")
     worker.set_defaults(handler=cmd_worker)
 
     beat = commands.add_parser("beat", help="run the scheduler (one leader via a Redis lock)")

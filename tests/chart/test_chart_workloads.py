@@ -65,8 +65,10 @@ def test_one_worker_deployment_per_queue_runs_that_queues_worker(
     deployment = worker(renders["minimal"], queue)
     spec = deployment["spec"]["template"]["spec"]
     main = container(deployment)
-    assert [main["command"][0], *main["args"]] == ["platform-tasks", "worker", "--queue", queue]
     policy = QUEUES[queue]  # type: ignore[index]
+    assert [main["command"][0], *main["args"]] == [
+        "platform-tasks", "worker", "--queue", queue, "--pool", policy.pool,
+    ]
     # Warm shutdown lets a running task finish within its hard limit; the soft-shutdown time
     # is the margin on top.
     assert spec["terminationGracePeriodSeconds"] == policy.time_limit + policy.soft_shutdown_seconds
