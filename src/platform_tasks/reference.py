@@ -7,7 +7,6 @@ drift.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_core import PydanticUndefined
 
+from platform_tasks import generated_files as generated
 from platform_tasks.contracts import TASKS
 from platform_tasks.observability.catalog import markdown_table
 from platform_tasks.queues import QUEUES, VISIBILITY_TIMEOUT_SECONDS
@@ -106,31 +106,25 @@ def render(text: str, sections: dict[str, str]) -> str:
     return text
 
 
+def generated_files(root: Path) -> dict[Path, str]:
+    """Each doc with its marked sections as the code makes them now."""
+    return {
+        relative: render(
+            (root / relative).read_text(encoding="utf-8"),
+            {name: generate() for name, generate in generators.items()},
+        )
+        for relative, generators in SECTIONS.items()
+    }
+
+
 def drifted(root: Path) -> list[Path]:
     """The generated docs under ``root`` whose content differs from the code."""
-    stale = []
-    for relative, generators in SECTIONS.items():
-        path = root / relative
-        current = path.read_text()
-        if render(current, {n: g() for n, g in generators.items()}) != current:
-            stale.append(relative)
-    return stale
+    return generated.drifted(root, generated_files)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite the docs in place")
-    parser.add_argument("--root", type=Path, default=Path.cwd())
-    options = parser.parse_args(argv)
-    if not options.write:
-        stale = drifted(options.root)
-        for path in stale:
-            print(f"{path} is out of date: run python -m platform_tasks.reference --write")
-        return 1 if stale else 0
-    for relative, generators in SECTIONS.items():
-        path = options.root / relative
-        path.write_text(render(path.read_text(), {n: g() for n, g in generators.items()}))
-    return 0
+    return generated.main(argv, module="platform_tasks.reference", description=__doc__,
+                          generate=generated_files)
 
 
 if __name__ == "__main__":

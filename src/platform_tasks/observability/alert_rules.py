@@ -19,7 +19,6 @@ into a real Prometheus.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from platform_tasks import generated_files as generated
 from platform_tasks.observability import catalog
 from platform_tasks.observability.catalog import MetricSpec
 from platform_tasks.queues import QUEUES, QueueName
@@ -707,38 +707,22 @@ def _runbooks(current: str) -> str:
     return render_sections(current, {name: table() for name, table in DOC_SECTIONS.items()})
 
 
+def generated_files(root: Path) -> dict[Path, str]:
+    """The rule file, and the runbooks with their tables as the code makes them now."""
+    runbooks = (root / RUNBOOKS_PATH).read_text(encoding="utf-8")
+    return {RULES_PATH: render(), RUNBOOKS_PATH: _runbooks(runbooks)}
+
+
 def drifted(root: Path) -> list[Path]:
     """The generated files under ``root`` (the rule file, the runbooks' tables) that differ
     from what the code generates now."""
-    stale = []
-    rules = root / RULES_PATH
-    if not rules.exists() or rules.read_text() != render():
-        stale.append(RULES_PATH)
-    runbooks = (root / RUNBOOKS_PATH).read_text()
-    if _runbooks(runbooks) != runbooks:
-        stale.append(RUNBOOKS_PATH)
-    return stale
+    return generated.drifted(root, generated_files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--write", action="store_true", help="rewrite the generated files")
-    parser.add_argument("--root", type=Path, default=Path.cwd())
-    options = parser.parse_args(argv)
-    if not options.write:
-        stale = drifted(options.root)
-        for path in stale:
-            print(
-                f"{path} is out of date: run "
-                "python -m platform_tasks.observability.alert_rules --write"
-            )
-        return 1 if stale else 0
-    rules = options.root / RULES_PATH
-    rules.parent.mkdir(parents=True, exist_ok=True)
-    rules.write_text(render())
-    runbooks = options.root / RUNBOOKS_PATH
-    runbooks.write_text(_runbooks(runbooks.read_text()))
-    return 0
+    return generated.main(argv, module="platform_tasks.observability.alert_rules",
+                          description=__doc__.splitlines()[0] if __doc__ else None,
+                          generate=generated_files)
 
 
 if __name__ == "__main__":

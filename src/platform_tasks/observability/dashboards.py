@@ -13,7 +13,6 @@ Prometheus API call, for the end-to-end test that runs them against the real pla
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
+from platform_tasks import generated_files as generated
 from platform_tasks.observability import catalog
 
 # The stats turn red where the beat-not-ticking and monitor-stale alerts start counting.
@@ -974,30 +974,12 @@ def generated_files(root: Path) -> dict[Path, str]:
 
 def drifted(root: Path) -> list[Path]:
     """The generated files under ``root`` that are missing or differ from the code."""
-    stale = []
-    for relative, content in generated_files(root).items():
-        path = root / relative
-        if not path.exists() or path.read_text(encoding="utf-8") != content:
-            stale.append(relative)
-    return stale
+    return generated.drifted(root, generated_files)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite the files in place")
-    parser.add_argument("--root", type=Path, default=Path.cwd())
-    options = parser.parse_args(argv)
-    if not options.write:
-        stale = drifted(options.root)
-        for path in stale:
-            print(f"{path} is out of date: run "
-                  "python -m platform_tasks.observability.dashboards --write")
-        return 1 if stale else 0
-    for relative, content in generated_files(options.root).items():
-        path = options.root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
-    return 0
+    return generated.main(argv, module="platform_tasks.observability.dashboards",
+                          description=__doc__, generate=generated_files)
 
 
 if __name__ == "__main__":
