@@ -24,6 +24,8 @@ from typing import Any
 import kombu.transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 logger = logging.getLogger(__name__)
 
@@ -187,11 +189,54 @@ class _RestoresOrphans:
         return super().basic_consume(*args, **kwargs)  # type: ignore[misc]
 
 
-class Channel(_RestoresOrphans, kombu_redis.Channel):
+class _DeadLettersUnreadable:
+    """Channel behaviour: a list item that is not a kombu message becomes a dead letter.
+
+    kombu decodes what BRPOP returned with no error handling: a non-JSON item ends the
+    worker ("Unrecoverable error"), and JSON that is not kombu's envelope makes it drop its
+    connection; either way the item, already popped, was gone. The channel's own client
+    (the one that runs BRPOP) is given a check on each BRPOP reply: an item the consumer
+    could not turn into a message is stored as a dead letter and the reply reads as "nothing
+    arrived", so kombu carries on with the next one.
+    """
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        client = super()._create_client(asynchronous=asynchronous)  # type: ignore[misc]
+        if asynchronous:
+            read_reply = client.parse_response
+
+            def checked_parse_response(connection: Any, command: str, **options: Any) -> Any:
+                reply = read_reply(connection, command, **options)
+                if command == "BRPOP" and reply and not self._is_message(reply):
+                    return None
+                return reply
+
+            client.parse_response = checked_parse_response
+        return client
+
+    def _is_message(self, reply: Any) -> bool:
+        channel: Any = self
+        destination, item = reply
+        queue = bytes_to_str(destination).rsplit(channel.sep, 1)[0]
+        text = bytes_to_str(item)
+        try:
+            # What the consumer does with the item next: any error here would surface there.
+            channel.Message(loads(text), channel=channel)
+        except Exception as error:
+            logger.error("dropped an item of queue %s that is not a message: %s: %s",
+                         queue, type(error).__name__, error)
+            from platform_tasks import dead_letters
+
+            dead_letters.record_unreadable(text, queue, error)
+            return False
+        return True
+
+
+class Channel(_DeadLettersUnreadable, _RestoresOrphans, kombu_redis.Channel):
     QoS = FailoverTolerantQoS
 
 
-class SentinelChannel(_RestoresOrphans, kombu_redis.SentinelChannel):
+class SentinelChannel(_DeadLettersUnreadable, _RestoresOrphans, kombu_redis.SentinelChannel):
     QoS = FailoverTolerantQoS
 
 

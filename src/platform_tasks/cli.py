@@ -64,7 +64,7 @@ def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
     # A cold shutdown (SIGQUIT, Ctrl-C) gives running tasks this long before requeueing them;
     # SIGTERM's warm shutdown lets them finish, bounded by their hard time limit.
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
-    worker_hooks.install()
+    worker_hooks.install(app)
     heartbeat.install(settings, options.queue)
     if settings.metrics_port:
         worker_metrics.connect_signals()
@@ -209,6 +209,100 @@ def cmd_queues(options: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _dead_letter_filters(options: argparse.Namespace) -> Any:
+    from platform_tasks.dead_letters import Filters
+
+    return Filters(queue=options.queue, task=options.task, reason=options.reason)
+
+
+def cmd_dead_letters_list(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.dead_letters import select, summary_row
+    from platform_tasks.redis_client import connect
+
+    client = connect(settings)
+    try:
+        found = select(client, _dead_letter_filters(options), options.limit)
+    finally:
+        client.close()
+    if options.json:
+        print(json.dumps([entry.as_dict() for _, entry in found], default=str))
+        return 0
+    header = ("id", "dead at (UTC)", "reason", "queue", "task", "task id", "exception")
+    rows = [header, *(summary_row(entry) for _, entry in found)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+    return 0
+
+
+def cmd_dead_letters_show(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.dead_letters import find
+    from platform_tasks.redis_client import connect
+
+    client = connect(settings)
+    try:
+        _, entry = find(client, options.id)
+    finally:
+        client.close()
+    print(json.dumps(entry.as_dict(), default=str, indent=2))
+    return 0
+
+
+def cmd_dead_letters_replay(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks import dead_letters
+    from platform_tasks.producer import TaskProducer
+    from platform_tasks.redis_client import connect
+
+    filters = _dead_letter_filters(options)
+    if options.id is None and not options.all:
+        raise UsageError("name a dead letter's id, or --all (with filters) to replay many")
+    if options.id is not None and (options.all or filters.any):
+        raise UsageError("give either an id or --all with filters, not both")
+    failed = 0
+    with TaskProducer(settings) as producer:
+        client = connect(settings)
+        try:
+            if options.id is not None:
+                entries = [dead_letters.find(client, options.id)]
+            else:
+                entries = dead_letters.select(client, filters, options.limit)
+
+            def enqueue(entry: dead_letters.DeadLetter) -> str:
+                # Without the producer's idempotency key: it would hand back the dead task's
+                # id and publish nothing. A payment keeps its own key inside its kwargs.
+                return producer.enqueue(
+                    entry.task_name or "", queue=entry.queue or "", args=entry.args or (),
+                    kwargs=entry.kwargs, correlation_id=entry.correlation_id,
+                )
+
+            for entry, outcome in dead_letters.replay(entries, enqueue, client):
+                if isinstance(outcome, BaseException):
+                    failed += 1
+                    print(f"platform-tasks: not replayed {entry.id}: "
+                          f"{type(outcome).__name__}: {outcome}", file=sys.stderr)
+                else:
+                    print(outcome)
+        finally:
+            client.close()
+    return 1 if failed else 0
+
+
+def cmd_dead_letters_purge(options: argparse.Namespace, settings: Settings) -> int:
+    from platform_tasks.dead_letters import purge
+    from platform_tasks.redis_client import connect
+
+    if not options.yes:
+        raise UsageError("purge deletes dead letters for good; add --yes to confirm")
+    client = connect(settings)
+    try:
+        removed = purge(client, _dead_letter_filters(options))
+    finally:
+        client.close()
+    print(f"purged {removed} dead letters")
+    return 0
+
+
 def cmd_dev(options: argparse.Namespace, settings: Settings | None) -> int:
     from platform_tasks.devstack.dev import run_dev
 
@@ -276,12 +370,55 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_argument("--json", action="store_true")
     queues.set_defaults(handler=cmd_queues)
 
+    _add_dead_letter_commands(commands)
+
     dev = commands.add_parser("dev", help="run the whole platform locally with a demo")
     dev.add_argument("--run-dir", type=Path, default=None, help="where configs and logs go")
     dev.add_argument("--no-demo", action="store_true", help="start the stack without the demo")
     dev.add_argument("--flower", action="store_true", help="also start Flower")
     dev.set_defaults(handler=cmd_dev, needs_settings=False)
     return parser
+
+
+def _add_dead_letter_commands(commands: Any) -> None:
+    from platform_tasks.dead_letters import REASONS
+
+    def filters(parser: argparse.ArgumentParser, limit: int | None) -> None:
+        parser.add_argument("--queue", default=None, help="only entries from this queue")
+        parser.add_argument("--task", default=None, help="only entries of this task name")
+        parser.add_argument("--reason", choices=REASONS, default=None,
+                            help="only entries given up on for this reason")
+        parser.add_argument("--limit", type=int, default=limit, metavar="N",
+                            help=f"at most N entries, newest first (default: "
+                            f"{limit if limit is not None else 'all'})")
+
+    group = commands.add_parser(
+        "dead-letters", help="tasks and messages given up on: list, show, replay, purge"
+    )
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="the entries, newest first")
+    filters(listing, 50)
+    listing.add_argument("--json", action="store_true", help="the full entries as JSON")
+    listing.set_defaults(handler=cmd_dead_letters_list)
+
+    show = actions.add_parser("show", help="one entry with its original message, as JSON")
+    show.add_argument("id")
+    show.set_defaults(handler=cmd_dead_letters_show)
+
+    replay = actions.add_parser(
+        "replay", help="enqueue again onto the original queue, drop the entry, print the new "
+        "task id"
+    )
+    replay.add_argument("id", nargs="?", default=None)
+    replay.add_argument("--all", action="store_true", help="every entry matching the filters")
+    filters(replay, None)
+    replay.set_defaults(handler=cmd_dead_letters_replay)
+
+    purge = actions.add_parser("purge", help="delete the entries matching the filters")
+    filters(purge, None)
+    purge.add_argument("--yes", action="store_true", help="confirm the deletion")
+    purge.set_defaults(handler=cmd_dead_letters_purge)
 
 
 #: Commands whose stdout is the logs; the others print their answer there and log to stderr.
@@ -313,8 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"platform-tasks: {error}", file=sys.stderr)
         return 2
     except Exception as error:
+        from platform_tasks.dead_letters import DeadLetterError
         from platform_tasks.producer import ProducerError
 
+        if isinstance(error, DeadLetterError):
+            print(f"platform-tasks: {error}", file=sys.stderr)
+            return 1
         if isinstance(error, ProducerError):
             print(f"platform-tasks: refused: {type(error).__name__}: {error}", file=sys.stderr)
             return 2

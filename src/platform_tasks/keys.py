@@ -57,3 +57,8 @@ BEAT_LAST_TICK = f"{PREFIX}beat:last-tick"
 def worker_heartbeats(queue: str) -> str:
     """Sorted set of the workers consuming ``queue``: hostname -> Unix time of last heartbeat."""
     return f"{PREFIX}workers:{queue}"
+
+
+DEAD_LETTERS = f"{PREFIX}dead-letters"
+"""List of dead letters, newest first, each a JSON object; capped at
+``PLATFORM_TASKS_DEAD_LETTER_MAX_LENGTH`` entries (see :mod:`platform_tasks.dead_letters`)."""

@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     beat_lock_timeout: int = Field(
         default=30, ge=5, le=3600, description="seconds a dead beat's lock blocks its successor"
     )
+    dead_letter_max_length: int = Field(
+        default=100_000, ge=1, le=10_000_000,
+        description="most entries the dead-letter list keeps; the oldest are dropped past it",
+    )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: LogFormat = Field(
         default="json",

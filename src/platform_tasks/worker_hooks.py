@@ -1,4 +1,5 @@
-"""What a worker process does at start-up beyond Celery's own: revoked ids, statistics, logs."""
+"""What a worker process does at start-up beyond Celery's own: revoked ids, statistics, logs,
+dead letters."""
 
 from __future__ import annotations
 
@@ -7,13 +8,25 @@ from typing import Any
 
 from celery.signals import worker_ready
 from celery.worker import state as worker_state
+from celery.worker.consumer import Consumer as CeleryConsumer
 
-from platform_tasks import keys, stats
+from platform_tasks import dead_letters, keys, stats
 from platform_tasks.app import PlatformCelery
 from platform_tasks.observability import task_context
 from platform_tasks.redis_client import connect
 
 logger = logging.getLogger(__name__)
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]  # celery ships no type information
+    """Celery's consumer, keeping a message it cannot decode as a dead letter before the ack.
+
+    Celery acknowledges such a message and only logs it; there is no signal to hook.
+    """
+
+    def on_decode_error(self, message: Any, exc: BaseException) -> None:
+        dead_letters.on_decode_error(self, message, exc)
+        super().on_decode_error(message, exc)
 
 
 def _load_revoked(sender: Any = None, **_: Any) -> None:
@@ -32,8 +45,10 @@ def _load_revoked(sender: Any = None, **_: Any) -> None:
         client.close()
 
 
-def install() -> None:
+def install(app: PlatformCelery) -> None:
     """Connect the worker's start-up hooks; called once by the ``worker`` command."""
     worker_ready.connect(_load_revoked, weak=False, dispatch_uid="platform-tasks-revoked")
     stats.connect_signals()
     task_context.install()
+    dead_letters.install(app.settings)
+    app.conf.worker_consumer = f"{__name__}:Consumer"

@@ -80,6 +80,9 @@ _running_lock = threading.Lock()
 #: The queue this worker consumes, set once at start: the label for worker-wide series.
 _worker_queue: str = UNKNOWN
 
+#: Whether this process records metrics at all (set by connect_signals).
+_recording = False
+
 
 def queue_of(request: Any) -> str:
     delivery_info = getattr(request, "delivery_info", None) or {}
@@ -184,10 +187,7 @@ def _failure(
         limit = getattr(sender, "time_limit", None) if isinstance(exception, TimeLimitExceeded) \
             else None
         task_runtime.labels(queue, name, "failed").observe(float(limit or 0.0))
-    retries = getattr(request, "retries", 0) or 0
-    max_retries = getattr(sender, "max_retries", None)
-    exhausted = max_retries is not None and 0 < max_retries <= retries
-    dead_letters.labels(queue, name, "retries_exhausted" if exhausted else "failed").inc()
+    # The dead letter itself is counted where it is written: platform_tasks.dead_letters.
 
 
 def _message_queue(message: Any) -> str:
@@ -198,15 +198,12 @@ def _message_queue(message: Any) -> str:
 def _unknown(message: Any = None, name: Any = None, **_: Any) -> None:
     queue = _message_queue(message)
     tasks_rejected.labels(queue, "unknown_task").inc()
-    dead_letters.labels(queue, str(name or UNKNOWN), "unknown_task").inc()
 
 
 def _rejected(message: Any = None, exc: Any = None, **_: Any) -> None:
     queue = _message_queue(message)
     reason = "invalid_task" if exc is not None else "unknown_message"
     tasks_rejected.labels(queue, reason).inc()
-    message_headers = getattr(message, "headers", None) or {}
-    dead_letters.labels(queue, str(message_headers.get("task") or UNKNOWN), reason).inc()
 
 
 def _revoked(request: Any = None, **_: Any) -> None:
@@ -244,6 +241,8 @@ _RECEIVERS: tuple[tuple[Any, Any], ...] = (
 
 def connect_signals() -> None:
     """Start recording task metrics in this process (and the pool processes it forks)."""
+    global _recording
+    _recording = True
     for signal, handler in _RECEIVERS:
         signal.connect(
             _guard(handler.__name__, handler), weak=False,
@@ -252,8 +251,19 @@ def connect_signals() -> None:
 
 
 def disconnect_signals() -> None:
+    global _recording
+    _recording = False
     for signal, handler in _RECEIVERS:
         signal.disconnect(dispatch_uid=f"platform-tasks-metrics-{handler.__name__}")
+
+
+def record_dead_letter(queue: str, task: str, reason: str) -> None:
+    """A task or message was given up on (called by :mod:`platform_tasks.dead_letters`).
+
+    Counted only in a worker that records metrics (``PLATFORM_TASKS_METRICS_PORT`` not 0).
+    """
+    if _recording:
+        _guarded("a dead letter", dead_letters.labels(queue or _worker_queue, task, reason).inc)
 
 
 def record_payment_deduplicated(queue: str, task: str) -> None:
