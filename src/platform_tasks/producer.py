@@ -10,7 +10,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,10 +18,15 @@ from typing import Any
 import redis
 import structlog
 from celery.result import AsyncResult
+from celery.signals import after_task_publish, before_task_publish
+from celery.utils.saferepr import saferepr
+from kombu.serialization import dumps as serialize
+from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 
-from platform_tasks import headers, keys
+from platform_tasks import batch_publish, headers, keys
 from platform_tasks.app import PUBLISH_RETRY_POLICY, PlatformCelery, create_app
-from platform_tasks.contracts import TASKS, InvalidArgumentsError
+from platform_tasks.batch_publish import quick_saferepr
+from platform_tasks.contracts import TASKS, InvalidArgumentsError, TaskContract
 from platform_tasks.queues import QUEUE_NAMES, policy_for
 from platform_tasks.redis_client import connect
 from platform_tasks.redis_errors import retry_through_failover
@@ -35,6 +40,9 @@ PENDING, PUBLISHED = "pending", "published"
 
 #: How long an enqueue keeps retrying transient Redis replies (see redis_errors).
 PUBLISH_BUDGET_SECONDS = 40.0
+
+#: Messages per Redis transaction in ``enqueue_many``.
+BULK_BATCH_SIZE = 500
 
 logger = structlog.get_logger("platform_tasks.producer")
 
@@ -71,6 +79,50 @@ class EnqueueInProgressError(ProducerError):
 
 class InvalidScheduleError(ProducerError):
     """``countdown``/``eta`` are contradictory, in the past, or too far ahead."""
+
+
+class PartialEnqueueError(ProducerError):
+    """A bulk enqueue failed after some of its batches were published.
+
+    ``task_ids`` are the ids of the first ``len(task_ids)`` items, all of them on the broker;
+    none of the later items is. The error that stopped the call is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, task_ids: list[str]) -> None:
+        super().__init__(message)
+        self.task_ids = task_ids
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    """One task of :meth:`TaskProducer.enqueue_many`; fields as ``enqueue``'s keywords."""
+
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] | None = None
+    countdown: float | None = None
+    eta: datetime | None = None
+    idempotency_key: str | None = None
+    correlation_id: str | None = None
+
+
+#: What ``enqueue_many`` accepts per task: a request, or a plain ``(args, kwargs)`` pair.
+BulkItem = EnqueueRequest | tuple[Sequence[Any], Mapping[str, Any] | None]
+
+
+@dataclass(slots=True)
+class _Checked:
+    """One validated item of a bulk enqueue, ready to publish."""
+
+    index: int
+    task_id: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    eta: datetime | None
+    correlation_id: str
+    idempotency_key: str | None
+    #: Set for the first item carrying an idempotency key; later items with the same key
+    #: in the same call are the same task and publish nothing.
+    dedup_key: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +167,14 @@ def _check_schedule(
     return eta
 
 
+_COMPACT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+#: kombu's JSON encoder, made once: ``kombu.utils.json.dumps`` makes one per call.
+_KOMBU_JSON = KombuJSONEncoder()
+
+
 def _encode(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
     try:
-        body = json.dumps([list(args), dict(kwargs)], allow_nan=False, separators=(",", ":"))
+        body = _COMPACT_JSON.encode([list(args), dict(kwargs)])
     except (TypeError, ValueError) as error:
         raise PayloadNotJSONError(f"{task_name}: arguments are not JSON: {error}") from None
     size = len(body.encode())
@@ -126,6 +183,111 @@ def _encode(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any], limi
             f"{task_name}: payload is {size} bytes, the limit is {limit} "
             "(PLATFORM_TASKS_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a reference"
         )
+
+
+def _check_queue(queue: str) -> None:
+    if queue not in QUEUE_NAMES:
+        raise UnknownQueueError(
+            f"unknown queue {queue!r}; known queues: {', '.join(QUEUE_NAMES)}"
+        )
+
+
+def _contract(task_name: str) -> TaskContract:
+    contract = TASKS.get(task_name)
+    if contract is None:
+        raise UnknownTaskError(
+            f"unknown task {task_name!r}; known tasks: {', '.join(sorted(TASKS))}"
+        )
+    return contract
+
+
+def _check_idempotency_key(idempotency_key: str) -> None:
+    if not idempotency_key or len(idempotency_key) > 255:
+        raise InvalidPayloadError("idempotency_key must be 1-255 characters")
+
+
+def _idempotent_id(task_name: str, idempotency_key: str) -> str:
+    """The same key for the same task always names the same task id."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{task_name}\n{idempotency_key}"))
+
+
+def _as_request(item: object) -> EnqueueRequest:
+    if isinstance(item, EnqueueRequest):
+        return item
+    if isinstance(item, tuple) and len(item) == 2:
+        args, kwargs = item
+        return EnqueueRequest(args=args, kwargs=kwargs)
+    raise InvalidPayloadError(
+        f"expected an EnqueueRequest or an (args, kwargs) tuple, got {type(item).__name__}"
+    )
+
+
+def _platform_headers(item: _Checked) -> dict[str, Any]:
+    """The headers ``enqueue`` adds to Celery's, in the same order."""
+    message_headers: dict[str, Any] = {
+        headers.CORRELATION_ID: item.correlation_id,
+        headers.ENQUEUED_AT: time.time(),
+    }
+    if item.idempotency_key is not None:
+        message_headers[headers.IDEMPOTENCY_KEY] = item.idempotency_key
+    return message_headers
+
+
+def _from_template(
+    app: PlatformCelery,
+    channel: Any,
+    task_name: str,
+    queue: str,
+    items: list[_Checked],
+    template: dict[str, Any],
+    celery_headers: dict[str, Any],
+    root_id: str | None,
+) -> Iterator[str]:
+    """Each item's message as kombu would write it, from a message kombu wrote for the batch.
+
+    Mirrors what varies per task in Celery's ``as_task_v2``/``send_task_message`` and
+    kombu's ``Producer.publish``/``basic_publish``/``_put``; the rest is the template's.
+    """
+    amqp = app.amqp
+    maxlevels = app.conf.task_repr_maxlevels
+    serializer = app.conf.task_serializer
+    retry_policy = dict(app.conf.task_publish_retry_policy, **PUBLISH_RETRY_POLICY)
+    send_before = before_task_publish.send
+    send_after = after_task_publish.send
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    template_properties = template["properties"]
+    for item in items:
+        task_id = item.task_id
+        args: Sequence[Any] = item.args or ()  # as as_task_v2: an empty list reads "()"
+        kwargs = item.kwargs or {}
+        message_headers = dict(celery_headers)
+        message_headers["id"] = task_id
+        message_headers["root_id"] = root_id or task_id
+        message_headers["eta"] = item.eta.isoformat() if item.eta is not None else None
+        message_headers["argsrepr"] = quick_saferepr(
+            args, amqp.argsrepr_maxsize, maxlevels
+        ) or saferepr(args, amqp.argsrepr_maxsize, maxlevels=maxlevels)
+        message_headers["kwargsrepr"] = quick_saferepr(
+            kwargs, amqp.kwargsrepr_maxsize, maxlevels
+        ) or saferepr(kwargs, amqp.kwargsrepr_maxsize, maxlevels=maxlevels)
+        message_headers.update(_platform_headers(item))
+        properties = {"correlation_id": task_id, "reply_to": template_properties["reply_to"]}
+        body = (args, kwargs, embed)
+        send_before(sender=task_name, body=body, exchange="", routing_key=queue, declare=[],
+                    headers=message_headers, properties=properties, retry_policy=retry_policy)
+        content_type, content_encoding, data = serialize(body, serializer=serializer)
+        encoded, _ = channel.encode_body(data, template_properties["body_encoding"])
+        yield _KOMBU_JSON.encode({
+            "body": encoded,
+            "content-encoding": content_encoding,
+            "content-type": content_type,
+            "headers": message_headers,
+            "properties": {
+                **template_properties, **properties, "delivery_tag": str(uuid.uuid4()),
+            },
+        })
+        send_after(sender=task_name, body=body, headers=message_headers, exchange="",
+                   routing_key=queue)
 
 
 class TaskProducer:
@@ -153,33 +315,17 @@ class TaskProducer:
         With an ``idempotency_key``, enqueueing the same task with the same key again within
         a day returns the first task's id and publishes nothing.
         """
-        if queue not in QUEUE_NAMES:
-            raise UnknownQueueError(
-                f"unknown queue {queue!r}; known queues: {', '.join(QUEUE_NAMES)}"
-            )
-        contract = TASKS.get(task_name)
-        if contract is None:
-            raise UnknownTaskError(
-                f"unknown task {task_name!r}; known tasks: {', '.join(sorted(TASKS))}"
-            )
-        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
-            raise InvalidPayloadError(f"{task_name}: args must be a list or tuple")
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise InvalidPayloadError(f"{task_name}: kwargs must be a mapping of names to values")
-        call_kwargs = dict(kwargs or {})
-        _encode(task_name, args, call_kwargs, self.settings.max_payload_bytes)
-        try:
-            contract.bind(args, call_kwargs)
-        except InvalidArgumentsError as error:
-            raise InvalidPayloadError(str(error)) from None
-        when = _check_schedule(countdown, eta, policy_for(queue).max_delay_seconds)
+        _check_queue(queue)
+        contract = _contract(task_name)
+        call_args, call_kwargs, when = self._check_call(
+            task_name, contract, queue, args, kwargs, countdown, eta
+        )
 
         task_id = str(uuid.uuid4())
         dedup_key: str | None = None
         if idempotency_key is not None:
-            if not idempotency_key or len(idempotency_key) > 255:
-                raise InvalidPayloadError("idempotency_key must be 1-255 characters")
-            task_id = str(uuid.uuid5(_ID_NAMESPACE, f"{task_name}\n{idempotency_key}"))
+            _check_idempotency_key(idempotency_key)
+            task_id = _idempotent_id(task_name, idempotency_key)
             dedup_key = keys.enqueue_dedup(task_name, idempotency_key)
             if not self._claim(dedup_key):
                 return task_id
@@ -196,7 +342,7 @@ class TaskProducer:
             retry_through_failover(
                 lambda: self.app.send_task(
                     task_name,
-                    args=list(args),
+                    args=call_args,
                     kwargs=call_kwargs,
                     queue=queue,
                     task_id=task_id,
@@ -227,6 +373,247 @@ class TaskProducer:
             correlation_id=message_headers[headers.CORRELATION_ID],
         )
         return task_id
+
+    def enqueue_many(
+        self,
+        task_name: str,
+        items: Iterable[BulkItem],
+        *,
+        queue: str,
+        correlation_id: str | None = None,
+        batch_size: int = BULK_BATCH_SIZE,
+    ) -> list[str]:
+        """Publish one ``task_name`` message per item onto ``queue``; the task ids, in order.
+
+        Each item is an :class:`EnqueueRequest` or an ``(args, kwargs)`` pair. Every item is
+        checked first, as ``enqueue`` checks its call (same exceptions, prefixed with
+        ``item <index>:``); if one is refused, nothing is published. The messages are the
+        ones ``enqueue`` would publish, written ``batch_size`` at a time, each batch in one
+        Redis transaction that is retried through a failover. ``correlation_id`` is the
+        default for items that carry none (otherwise each task's own id).
+
+        Idempotency keys work as in ``enqueue``: a key already published within a day (or
+        earlier in the same call) returns its first task's id and publishes nothing.
+        """
+        _check_queue(queue)
+        contract = _contract(task_name)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError("batch_size must be a positive integer")
+        checked = self._check_items(task_name, contract, queue, items, correlation_id)
+        task_ids = [item.task_id for item in checked]
+        done = 0
+        try:
+            for start in range(0, len(checked), batch_size):
+                batch = checked[start:start + batch_size]
+                self._publish_batch(task_name, queue, batch)
+                done += len(batch)
+        except BaseException as error:
+            if done == 0 or not isinstance(error, Exception):
+                raise
+            raise PartialEnqueueError(
+                f"{task_name}: published items 0-{done - 1} of {len(checked)}, then failed: "
+                f"{error!r}; items {done} onwards were not published",
+                task_ids[:done],
+            ) from error
+        logger.debug("tasks_enqueued", task_name=task_name, queue=queue, count=len(checked))
+        return task_ids
+
+    def _check_items(
+        self,
+        task_name: str,
+        contract: TaskContract,
+        queue: str,
+        items: Iterable[BulkItem],
+        correlation_id: str | None,
+    ) -> list[_Checked]:
+        checked: list[_Checked] = []
+        keys_seen: set[str] = set()
+        for index, item in enumerate(items):
+            try:
+                request = _as_request(item)
+                call_args, call_kwargs, when = self._check_call(
+                    task_name, contract, queue, request.args, request.kwargs,
+                    request.countdown, request.eta,
+                )
+                key = request.idempotency_key
+                if key is not None:
+                    _check_idempotency_key(key)
+            except ProducerError as error:
+                raise type(error)(f"item {index}: {error}") from None
+            task_id = str(uuid.uuid4()) if key is None else _idempotent_id(task_name, key)
+            dedup_key: str | None = None
+            if key is not None and key not in keys_seen:
+                keys_seen.add(key)
+                dedup_key = keys.enqueue_dedup(task_name, key)
+            checked.append(_Checked(
+                index=index,
+                task_id=task_id,
+                args=call_args,
+                kwargs=call_kwargs,
+                eta=when,
+                correlation_id=request.correlation_id or correlation_id or task_id,
+                idempotency_key=key,
+                dedup_key=dedup_key,
+            ))
+        return checked
+
+    def _publish_batch(self, task_name: str, queue: str, batch: list[_Checked]) -> None:
+        """Publish ``batch`` in one transaction, after claiming its idempotency keys."""
+        claimed = self._claim_many([item for item in batch if item.dedup_key is not None])
+        to_send = [item for item in batch
+                   if item.idempotency_key is None or item.dedup_key in claimed]
+        if not to_send:
+            return
+        try:
+            commands = self._build(task_name, queue, to_send)
+            retry_through_failover(
+                lambda: batch_publish.write_commands(self._redis, commands),
+                budget_seconds=PUBLISH_BUDGET_SECONDS,
+            )
+        except BaseException:
+            self._release(claimed)
+            raise
+        if claimed:
+            def mark_published() -> None:
+                with self._redis.pipeline(transaction=False) as pipe:
+                    for dedup_key in claimed:
+                        pipe.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS)
+                    pipe.execute()
+
+            retry_through_failover(mark_published, budget_seconds=PUBLISH_BUDGET_SECONDS)
+
+    def _build(
+        self, task_name: str, queue: str, items: list[_Checked]
+    ) -> list[batch_publish.Command]:
+        """The Redis commands that publish ``items``: the messages ``enqueue`` would send.
+
+        This is ``app.send_task`` unrolled for one task name and queue. Routing, the parent
+        task lookup and the queue declaration happen once per batch. The batch's first
+        message goes all the way through Celery (``create_task_message``,
+        ``send_task_message``) and kombu (``Producer.publish``, the Redis channel's publish);
+        the others are made from it, changing only what differs per task (id, arguments
+        and their reprs, eta, headers, delivery tag), with the publish signals still sent
+        per message. Where that shortcut could differ (compression, task-sent events, a
+        queue with an expiry), every message takes the whole way. Nothing here retries:
+        the batch's single write does.
+        """
+        app = self.app
+        amqp = app.amqp
+        routed = amqp.router.route({"queue": queue}, task_name, (), {}, None)
+        options: dict[str, Any] = {
+            **routed, "retry": False, "retry_policy": PUBLISH_RETRY_POLICY, "declare": [],
+        }
+        reply_to = app.thread_oid
+        sent_event = app.conf.task_send_sent_event
+        parent = app.current_worker_task
+        root_id = (parent.request.root_id or parent.request.id) if parent else None
+        parent_id = parent.request.id if parent else None
+
+        def celery_message(item: _Checked) -> Any:
+            # Positional as app.send_task passes them.
+            return amqp.create_task_message(
+                item.task_id, task_name, item.args, item.kwargs, None, item.eta,
+                None, None, None, 0, None, None, None, reply_to, None, None,
+                sent_event, root_id, parent_id, None, None,
+                ignore_result=None, replaced_task_nesting=0, **options,
+            )
+
+        with (
+            app.producer_or_acquire() as kombu_producer,
+            batch_publish.collecting(kombu_producer) as collector,
+        ):
+            # What the first publish of each connection declares (the queue's binding).
+            kombu_producer.maybe_declare(routed["queue"], retry=True, **PUBLISH_RETRY_POLICY)
+            first = celery_message(items[0])
+            celery_headers = dict(first.headers)
+            amqp.send_task_message(kombu_producer, task_name, first,
+                                   headers=_platform_headers(items[0]), **options)
+            template = collector.last_message
+            shortcut = (
+                template is not None
+                and len(collector.commands) == 1
+                and collector.commands[0][0] == "lpush"
+                and not sent_event
+                and not app.conf.task_compression
+            )
+            if not shortcut:
+                for item in items[1:]:
+                    amqp.send_task_message(kombu_producer, task_name, celery_message(item),
+                                           headers=_platform_headers(item), **options)
+                return collector.take()
+            assert template is not None
+            key = collector.commands[0][1][0]
+            commands = collector.take()
+            commands.extend(
+                ("lpush", (key, payload))
+                for payload in _from_template(
+                    app, kombu_producer.channel, task_name, queue, items[1:], template,
+                    celery_headers, root_id,
+                )
+            )
+            return commands
+
+    def _claim_many(self, items: list[_Checked]) -> set[str]:
+        """Claim the items' idempotency keys in one round trip; the keys claimed.
+
+        Keys already published are left out (their items publish nothing). A key another
+        producer is publishing right now releases this batch's claims and raises.
+        """
+        if not items:
+            return set()
+        dedup_keys = [item.dedup_key for item in items if item.dedup_key is not None]
+
+        def claim() -> list[Any]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for dedup_key in dedup_keys:
+                    pipe.set(dedup_key, PENDING, nx=True, ex=PENDING_CLAIM_SECONDS)
+                return pipe.execute()
+
+        replies = retry_through_failover(claim, budget_seconds=PUBLISH_BUDGET_SECONDS)
+        claimed = {key for key, reply in zip(dedup_keys, replies, strict=True) if reply}
+        others = [(item, key) for item, key in zip(items, dedup_keys, strict=True)
+                  if key not in claimed]
+        if others:
+            states = self._redis.mget([key for _, key in others])
+            for (item, _), state in zip(others, states, strict=True):
+                if state == PENDING:
+                    self._release(claimed)
+                    raise EnqueueInProgressError(
+                        f"item {item.index}: another enqueue with this idempotency key is "
+                        f"being published; retry in {PENDING_CLAIM_SECONDS}s if it does not "
+                        "show up"
+                    )
+        return claimed
+
+    def _release(self, claimed: set[str]) -> None:
+        """Give back claims whose items were not published (else they expire in a minute)."""
+        if claimed:
+            with contextlib.suppress(redis.RedisError):
+                self._redis.delete(*claimed)
+
+    def _check_call(
+        self,
+        task_name: str,
+        contract: TaskContract,
+        queue: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        countdown: float | None,
+        eta: datetime | None,
+    ) -> tuple[list[Any], dict[str, Any], datetime | None]:
+        """The checks of one call's arguments and schedule; raises what ``enqueue`` documents."""
+        if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+            raise InvalidPayloadError(f"{task_name}: args must be a list or tuple")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise InvalidPayloadError(f"{task_name}: kwargs must be a mapping of names to values")
+        call_kwargs = dict(kwargs or {})
+        _encode(task_name, args, call_kwargs, self.settings.max_payload_bytes)
+        try:
+            contract.bind(args, call_kwargs)
+        except InvalidArgumentsError as error:
+            raise InvalidPayloadError(str(error)) from None
+        when = _check_schedule(countdown, eta, policy_for(queue).max_delay_seconds)
+        return list(args), call_kwargs, when
 
     def _claim(self, dedup_key: str) -> bool:
         """Claim an idempotency key for one publish; False when it was already published.
@@ -338,6 +725,20 @@ def enqueue(
         eta=eta,
         idempotency_key=idempotency_key,
         correlation_id=correlation_id,
+    )
+
+
+def enqueue_many(
+    task_name: str,
+    items: Iterable[BulkItem],
+    *,
+    queue: str,
+    correlation_id: str | None = None,
+    batch_size: int = BULK_BATCH_SIZE,
+) -> list[str]:
+    """:meth:`TaskProducer.enqueue_many` on the default producer."""
+    return default_producer().enqueue_many(
+        task_name, items, queue=queue, correlation_id=correlation_id, batch_size=batch_size
     )
 
 
