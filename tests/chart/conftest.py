@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,18 @@ def _missing(config: pytest.Config, reason: str) -> None:
     """tests/conftest.py's missing_dependency(): skips on a laptop, fails when CI=true."""
     root: Any = config.pluginmanager.get_plugin(str(_ROOT_CONFTEST))
     root.missing_dependency(reason)
+
+
+@pytest.fixture(scope="session")
+def require_tools(pytestconfig: pytest.Config) -> Callable[..., None]:
+    """``require_tools("sh", "sha256sum", why=...)``: skip on a laptop, fail when CI=true."""
+
+    def require(*names: str, why: str) -> None:
+        missing = [name for name in names if shutil.which(name) is None]
+        if missing:
+            _missing(pytestconfig, f"{why}: no {', '.join(missing)} on PATH")
+
+    return require
 
 
 @pytest.fixture(scope="session")

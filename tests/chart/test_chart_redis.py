@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +61,11 @@ def test_the_base_config_keeps_messages_safe(renders: dict[str, Render]) -> None
 
 
 @pytest.fixture
-def init_run(renders: dict[str, Render], tmp_path: Path) -> Any:
+def init_run(
+    renders: dict[str, Render], tmp_path: Path, require_tools: Callable[..., None]
+) -> Any:
     """Run init.sh as pod ``ordinal`` would, with nothing else reachable."""
-    if shutil.which("sh") is None or shutil.which("sha256sum") is None:
-        pytest.skip("needs sh and sha256sum")
+    require_tools("sh", "sha256sum", why="init.sh needs them")
     r = renders["minimal"]
     data = r.named("ConfigMap", "platform-tasks-redis")["data"]
     base = tmp_path / "redis-base"
@@ -126,12 +127,12 @@ def test_every_node_gets_the_same_acl_users_with_hashed_passwords(init_run: Any)
 
 
 def test_a_replica_is_ready_only_once_in_sync_with_its_master(
-    renders: dict[str, Render], redis_server_binary: Path, tmp_path: Path
+    renders: dict[str, Render], redis_server_binary: Path, tmp_path: Path,
+    require_tools: Callable[..., None],
 ) -> None:
     """Until it has synced, the master does not count a replica for min-replicas-to-write: a
     rolling update that moved on while it is still syncing would stop every write."""
-    if shutil.which("redis-cli") is None or shutil.which("timeout") is None:
-        pytest.skip("probe.sh needs redis-cli and timeout")
+    require_tools("redis-cli", "timeout", why="probe.sh needs them")
     from platform_tasks.devstack.ports import free_ports
     from platform_tasks.devstack.processes import ManagedProcess
 
