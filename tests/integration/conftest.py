@@ -10,16 +10,18 @@ A test module changes what starts by overriding the ``*_options`` fixture, e.g.:
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import redis
 
 from platform_tasks.devstack.topology import SentinelTopology
 
 if TYPE_CHECKING:
     from platform_tasks.devstack.stack import DevStack
+    from platform_tasks.producer import TaskProducer
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +67,39 @@ def dev_stack(
     with DevStack(tmp_path_factory.mktemp("stack"), **options) as stack:
         stack.wait_for_workers(timeout=60.0)
         yield stack
+
+
+@pytest.fixture(scope="module")
+def producer(sentinel_topology: SentinelTopology) -> Iterator[TaskProducer]:
+    """A producer for the module's topology, its payload limit low enough to test."""
+    from platform_tasks.producer import TaskProducer
+    from platform_tasks.settings import load_settings
+
+    env = {**sentinel_topology.settings_env(), "PLATFORM_TASKS_MAX_PAYLOAD_BYTES": "1024"}
+    client = TaskProducer(load_settings(env))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def master(sentinel_topology: SentinelTopology) -> Iterator[redis.Redis]:
+    """A client of the current master, after emptying every database."""
+    client = sentinel_topology.client(sentinel_topology.master_address()[1])
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def broker_keys(master: redis.Redis) -> Callable[[], dict[int, list[str]]]:
+    """Every key in the broker and result databases right now, per database."""
+
+    def read() -> dict[int, list[str]]:
+        found = {}
+        for db in (0, 1):
+            master.execute_command("SELECT", db)
+            found[db] = sorted(str(key) for key in master.keys("*"))
+        master.execute_command("SELECT", 0)
+        return found
+
+    return read

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,31 +35,6 @@ pytestmark = pytest.mark.integration
 
 ADD = "platform_tasks.default.add_numbers"
 WELCOME = "platform_tasks.email.send_welcome_email"
-
-
-@pytest.fixture(scope="module")
-def producer(sentinel_topology: SentinelTopology) -> Iterator[TaskProducer]:
-    env = {**sentinel_topology.settings_env(), "PLATFORM_TASKS_MAX_PAYLOAD_BYTES": "1024"}
-    client = TaskProducer(load_settings(env))
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def master(sentinel_topology: SentinelTopology) -> Iterator[redis.Redis]:
-    client = sentinel_topology.client(sentinel_topology.master_address()[1])
-    client.flushall()
-    yield client
-    client.close()
-
-
-def broker_keys(master: redis.Redis) -> dict[int, list[str]]:
-    found = {}
-    for db in (0, 1):
-        master.execute_command("SELECT", db)
-        found[db] = sorted(str(k) for k in master.keys("*"))
-    master.execute_command("SELECT", 0)
-    return found
 
 
 def published(master: redis.Redis, queue: str) -> list[dict[str, Any]]:
@@ -162,16 +137,17 @@ REFUSALS: list[tuple[str, str, str, Any, type[ProducerError], str]] = [
 def test_one_refused_item_refuses_the_whole_call_naming_its_index(
     producer: TaskProducer, master: redis.Redis, task_name: str, queue: str, bad: Any,
     error: type[ProducerError], message: str,
+    broker_keys: Callable[[], dict[int, list[str]]],
 ) -> None:
     good: Any = ([1, 2], None) if task_name == ADD else ((), {"user_email": "a@example.com"})
-    before = broker_keys(master)
+    before = broker_keys()
 
     with pytest.raises(error) as caught:
         producer.enqueue_many(task_name, [good, good, good, bad, good], queue=queue,
                               batch_size=2)
 
     assert str(caught.value).startswith(message)
-    assert broker_keys(master) == before
+    assert broker_keys() == before
 
 
 @pytest.mark.parametrize(("task_name", "queue", "error", "message"), [
@@ -181,10 +157,11 @@ def test_one_refused_item_refuses_the_whole_call_naming_its_index(
 def test_an_unknown_queue_or_task_is_refused_for_the_call(
     producer: TaskProducer, master: redis.Redis, task_name: str, queue: str,
     error: type[ProducerError], message: str,
+    broker_keys: Callable[[], dict[int, list[str]]],
 ) -> None:
     with pytest.raises(error, match=message):
         producer.enqueue_many(task_name, [([1, 2], None)], queue=queue)
-    assert broker_keys(master) == {0: [], 1: []}
+    assert broker_keys() == {0: [], 1: []}
 
 
 def test_a_large_batch_lands_completely_and_in_order(

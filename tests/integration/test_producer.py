@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +15,6 @@ import pytest
 import redis
 
 from platform_tasks import headers
-from platform_tasks.devstack.topology import SentinelTopology
 from platform_tasks.producer import (
     InvalidPayloadError,
     InvalidScheduleError,
@@ -27,7 +26,6 @@ from platform_tasks.producer import (
     UnknownTaskError,
 )
 from platform_tasks.queues import policy_for
-from platform_tasks.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -35,31 +33,6 @@ MAX_DELAY_SECONDS = policy_for("default").max_delay_seconds
 
 ADD = "platform_tasks.default.add_numbers"
 WELCOME = "platform_tasks.email.send_welcome_email"
-
-
-@pytest.fixture(scope="module")
-def producer(sentinel_topology: SentinelTopology) -> Iterator[TaskProducer]:
-    env = {**sentinel_topology.settings_env(), "PLATFORM_TASKS_MAX_PAYLOAD_BYTES": "1024"}
-    client = TaskProducer(load_settings(env))
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def master(sentinel_topology: SentinelTopology) -> Iterator[redis.Redis]:
-    client = sentinel_topology.client(sentinel_topology.master_address()[1])
-    client.flushall()
-    yield client
-    client.close()
-
-
-def broker_keys(master: redis.Redis) -> dict[int, list[str]]:
-    keys = {}
-    for db in (0, 1):
-        master.execute_command("SELECT", db)
-        keys[db] = sorted(str(k) for k in master.keys("*"))
-    master.execute_command("SELECT", 0)
-    return keys
 
 
 REFUSALS: list[tuple[str, dict[str, Any], type[ProducerError], str]] = [
@@ -111,13 +84,14 @@ REFUSALS: list[tuple[str, dict[str, Any], type[ProducerError], str]] = [
 def test_a_refused_enqueue_raises_and_writes_nothing(
     producer: TaskProducer, master: redis.Redis, call: dict[str, Any],
     error: type[ProducerError], message: str,
+    broker_keys: Callable[[], dict[int, list[str]]],
 ) -> None:
-    before = broker_keys(master)
+    before = broker_keys()
     task_name = call.pop("task_name")
     with pytest.raises(error) as caught:
         producer.enqueue(task_name, **call)
     assert message in str(caught.value)
-    assert broker_keys(master) == before
+    assert broker_keys() == before
 
 
 def test_an_accepted_enqueue_lands_on_its_queue_with_correlation_headers(
