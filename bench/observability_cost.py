@@ -29,6 +29,7 @@ from platform_tasks.devstack.ports import free_port
 from platform_tasks.devstack.processes import ManagedProcess
 from platform_tasks.devstack.stack import worker_argv
 from platform_tasks.devstack.topology import SentinelTopology
+from platform_tasks.observability.logging import configure_logging
 from platform_tasks.producer import TaskProducer
 from platform_tasks.redis_client import connect
 from platform_tasks.settings import load_settings
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", action="store_true",
                         help="also run logs-only and metrics-only")
     options = parser.parse_args(argv)
+    # The producer's per-message debug lines would otherwise fill the terminal.
+    configure_logging(None, process="bench", level="WARNING")
     names = list(CONFIGURATIONS) if options.split else ["on", "off"]
     run_dir = Path(tempfile.mkdtemp(prefix="platform-tasks-bench-"))
     timings: dict[str, list[float]] = {name: [] for name in names}

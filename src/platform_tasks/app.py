@@ -10,7 +10,7 @@ from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from platform_tasks import broker_transport, keys, propagation, result_backend
-from platform_tasks.queues import QUEUES, VISIBILITY_TIMEOUT_SECONDS
+from platform_tasks.queues import QUEUES
 from platform_tasks.redis_client import sentinel_kwargs
 from platform_tasks.schedule import beat_schedule
 from platform_tasks.settings import Settings
@@ -85,9 +85,19 @@ def _ssl_options(settings: Settings) -> dict[str, Any] | None:
     return options
 
 
+def restore_sweep_seconds(visibility_timeout: int) -> int:
+    """How often a worker looks for messages whose holder stopped refreshing them."""
+    return max(1, min(10, visibility_timeout // 6))
+
+
 def _transport_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        # Every sweep looks for abandoned messages (kombu scans only every 10th by default),
+        # often enough that a dead worker's messages return soon after the timeout.
+        "unacked_restore_interval": restore_sweep_seconds(settings.visibility_timeout_seconds),
+        "unacked_restore_throttle": 1,
+        "platform_max_redeliveries": settings.max_redeliveries,
         "socket_timeout": settings.redis_socket_timeout,
         "socket_connect_timeout": settings.redis_socket_timeout,
         "socket_keepalive": True,

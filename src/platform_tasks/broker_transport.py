@@ -27,6 +27,9 @@ from kombu.transport import virtual as kombu_virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from platform_tasks import redeliveries
+from platform_tasks.visibility import VisibilityHeartbeat, refresh_interval
+
 logger = logging.getLogger(__name__)
 
 
@@ -116,8 +119,15 @@ class FailoverTolerantQoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._restored: set[str] = set()
+        self._heartbeat: VisibilityHeartbeat | None = None
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        if self._heartbeat is None:
+            # Started by the first message taken: publishing channels never hold any.
+            self._heartbeat = VisibilityHeartbeat(
+                self, refresh_interval(float(self.visibility_timeout))
+            )
+            self._heartbeat.start()
         try:
             super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
         except Exception:
@@ -189,16 +199,21 @@ class _RestoresOrphans:
         return super().basic_consume(*args, **kwargs)  # type: ignore[misc]
 
 
-class _DeadLettersUnreadable:
-    """Channel behaviour: a list item that is not a kombu message becomes a dead letter.
+class _ScreensDeliveries:
+    """Channel behaviour: what BRPOP returns is checked before kombu and Celery see it.
 
     kombu decodes what BRPOP returned with no error handling: a non-JSON item ends the
     worker ("Unrecoverable error"), and JSON that is not kombu's envelope makes it drop its
     connection; either way the item, already popped, was gone. The channel's own client
     (the one that runs BRPOP) is given a check on each BRPOP reply: an item the consumer
     could not turn into a message is stored as a dead letter and the reply reads as "nothing
-    arrived", so kombu carries on with the next one.
+    arrived", so kombu carries on with the next one. A redelivered message that already
+    ran as often as the redelivery cap allows (:mod:`platform_tasks.redeliveries`) is stored
+    as a dead letter the same way.
     """
+
+    #: Set from the transport option of the same name (``PLATFORM_TASKS_MAX_REDELIVERIES``).
+    platform_max_redeliveries: int | None = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         client = super()._create_client(asynchronous=asynchronous)  # type: ignore[misc]
@@ -221,7 +236,7 @@ class _DeadLettersUnreadable:
         text = bytes_to_str(item)
         try:
             # What the consumer does with the item next: any error here would surface there.
-            channel.Message(loads(text), channel=channel)
+            message = channel.Message(loads(text), channel=channel)
         except Exception as error:
             logger.error("dropped an item of queue %s that is not a message: %s: %s",
                          queue, type(error).__name__, error)
@@ -229,15 +244,52 @@ class _DeadLettersUnreadable:
 
             dead_letters.record_unreadable(text, queue, error)
             return False
+        return not self._over_redelivery_cap(message, queue)
+
+    def _over_redelivery_cap(self, message: Any, queue: str) -> bool:
+        """True when ``message`` was stored as a dead letter by the redelivery cap."""
+        cap = self.platform_max_redeliveries
+        if not cap or not (message.delivery_info or {}).get("redelivered"):
+            return False
+        attempt = redeliveries.attempt_of(message.headers or {})
+        if attempt is None:
+            return False
+        channel: Any = self
+        try:
+            with channel.conn_or_acquire() as client:
+                runs = redeliveries.runs_so_far(client, *attempt)
+        except Exception as error:
+            # Unknown: deliver it (one run too many at worst, nothing lost).
+            logger.warning("could not read the redelivery count of %s: %s", attempt[0], error)
+            return False
+        if not redeliveries.over_cap(runs, cap):
+            return False
+        from platform_tasks import dead_letters
+
+        if not dead_letters.record_redelivered_too_often(message, queue, runs, cap):
+            return False  # not stored: it runs again rather than being lost
+        logger.error("dead-lettered task %s[%s] of queue %s: redelivered and started %d "
+                     "times without finishing", (message.headers or {}).get("task"),
+                     attempt[0], queue, runs)
         return True
 
 
-class Channel(_DeadLettersUnreadable, _RestoresOrphans, kombu_redis.Channel):
-    QoS = FailoverTolerantQoS
+_OPTIONS = ("platform_max_redeliveries",)
 
 
-class SentinelChannel(_DeadLettersUnreadable, _RestoresOrphans, kombu_redis.SentinelChannel):
+class Channel(_ScreensDeliveries, _RestoresOrphans, kombu_redis.Channel):
     QoS = FailoverTolerantQoS
+    # kombu's tuple has a fixed length in its inferred type; ours is one longer.
+    from_transport_options = (  # type: ignore[assignment]
+        *kombu_redis.Channel.from_transport_options, *_OPTIONS
+    )
+
+
+class SentinelChannel(_ScreensDeliveries, _RestoresOrphans, kombu_redis.SentinelChannel):
+    QoS = FailoverTolerantQoS
+    from_transport_options = (  # type: ignore[assignment]
+        *kombu_redis.SentinelChannel.from_transport_options, *_OPTIONS
+    )
 
 
 class Transport(kombu_redis.Transport):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import sys
@@ -27,6 +28,22 @@ def _json_argument(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise UsageError(f"{what} is not valid JSON: {error}") from None
+
+
+def _import_modules(modules: Sequence[str]) -> None:
+    """Import the ``--include`` modules: tasks and signal handlers beyond the platform's own.
+
+    Done in the main process before the pool starts, so prefork children inherit them.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            # Only a misspelt name is a usage error; a module that fails its own imports is
+            # a bug to see in full.
+            if error.name is None or not f"{module}.".startswith(f"{error.name}."):
+                raise
+            raise UsageError(f"--include {module}: no module named {error.name!r}") from None
 
 
 def _worker_argv(
@@ -61,6 +78,7 @@ def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
 
     policy = policy_for(options.queue)
     app = create_app(settings)
+    _import_modules(options.include)
     # A cold shutdown (SIGQUIT, Ctrl-C) gives running tasks this long before requeueing them;
     # SIGTERM's warm shutdown lets them finish, bounded by their hard time limit.
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
@@ -89,6 +107,7 @@ def cmd_beat(options: argparse.Namespace, settings: Settings) -> int:
     from platform_tasks.app import create_app
 
     app = create_app(settings)
+    _import_modules(options.include)
     app.start(["--quiet", "beat", f"--loglevel={settings.log_level}"])
     return 0
 
@@ -324,9 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", choices=("prefork", "threads", "solo"), default=None,
                         help="override the queue's pool (the thread pools enforce no time "
                         "limits)")
+    _add_include_option(worker)
     worker.set_defaults(handler=cmd_worker)
 
     beat = commands.add_parser("beat", help="run the scheduler (one leader via a Redis lock)")
+    _add_include_option(beat)
     beat.set_defaults(handler=cmd_beat)
 
     monitor = commands.add_parser(
@@ -378,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--flower", action="store_true", help="also start Flower")
     dev.set_defaults(handler=cmd_dev, needs_settings=False)
     return parser
+
+
+def _add_include_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--include", action="append", default=[], metavar="MODULE",
+                        help="also import this module (extra tasks or signal handlers; "
+                        "repeatable)")
 
 
 def _add_dead_letter_commands(commands: Any) -> None:

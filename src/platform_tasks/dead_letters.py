@@ -15,9 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +25,7 @@ from typing import Any
 import redis
 
 from platform_tasks import headers, keys
-from platform_tasks.redis_client import connect
+from platform_tasks.redis_client import process_client
 from platform_tasks.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,9 +36,13 @@ UNKNOWN_TASK = "unknown_task"
 INVALID_TASK = "invalid_task"
 UNKNOWN_MESSAGE = "unknown_message"
 UNDECODABLE = "undecodable"
+REDELIVERED_TOO_OFTEN = "redelivered_too_often"
 
 #: Every reason an entry can carry (also the ``reason`` label of the dead-letter counter).
-REASONS = (RETRIES_EXHAUSTED, FAILED, UNKNOWN_TASK, INVALID_TASK, UNKNOWN_MESSAGE, UNDECODABLE)
+REASONS = (
+    RETRIES_EXHAUSTED, FAILED, UNKNOWN_TASK, INVALID_TASK, UNKNOWN_MESSAGE, UNDECODABLE,
+    REDELIVERED_TOO_OFTEN,
+)
 
 #: Celery's protocol-2 message headers, copied from a running task's request to rebuild its
 #: message.
@@ -106,24 +108,12 @@ class DeadLetter:
 # -- writing, in the worker ------------------------------------------------------------------
 
 _settings: Settings | None = None
-# One client per process: prefork pool processes must not share their parent's sockets.
-_clients: dict[int, redis.Redis] = {}
-_clients_lock = threading.Lock()
 
 
 def configure(settings: Settings) -> None:
     """Tell this worker process where the list is and how long it may grow."""
     global _settings
     _settings = settings
-
-
-def _client(settings: Settings) -> redis.Redis:
-    pid = os.getpid()
-    with _clients_lock:
-        client = _clients.get(pid)
-        if client is None:
-            client = _clients[pid] = connect(settings)
-        return client
 
 
 def push(client: redis.Redis, entry: DeadLetter, max_length: int) -> None:
@@ -151,7 +141,7 @@ def record(entry: DeadLetter) -> bool:
     try:
         if settings is None:
             raise DeadLetterError("dead letters are not configured in this process")
-        push(_client(settings), entry, settings.dead_letter_max_length)
+        push(process_client(settings), entry, settings.dead_letter_max_length)
     except Exception as error:
         logger.error(
             "dead_letter_not_stored: %s %s of task %s[%s] on queue %s is lost: %s: %s",
@@ -343,6 +333,25 @@ def record_unreadable(raw: str | bytes, queue: str | None, exc: BaseException) -
         ))
     except Exception:
         logger.error("could not build a dead letter", exc_info=True)
+
+
+class RedeliveredTooOftenError(Exception):
+    """The reason stored with a message whose runs kept dying (see platform_tasks.redeliveries)."""
+
+
+def record_redelivered_too_often(message: Any, queue: str | None, runs: int, cap: int) -> bool:
+    """A redelivered message refused by the redelivery cap; False when it could not be stored
+    (the caller then delivers it after all, so it is not lost)."""
+    try:
+        error = RedeliveredTooOftenError(
+            f"started {runs + 1} times without finishing (its worker or pool process died "
+            f"each time); PLATFORM_TASKS_MAX_REDELIVERIES is {cap}"
+        )
+        return record(from_message(REDELIVERED_TOO_OFTEN, message, queue=queue, worker=None,
+                                   exception=error))
+    except Exception:
+        logger.error("could not build a dead letter", exc_info=True)
+        return False
 
 
 def install(settings: Settings) -> None:

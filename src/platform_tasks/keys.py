@@ -62,3 +62,11 @@ def worker_heartbeats(queue: str) -> str:
 DEAD_LETTERS = f"{PREFIX}dead-letters"
 """List of dead letters, newest first, each a JSON object; capped at
 ``PLATFORM_TASKS_DEAD_LETTER_MAX_LENGTH`` entries (see :mod:`platform_tasks.dead_letters`)."""
+
+
+def redelivered_runs(task_id: str, retries: int) -> str:
+    """How many times a redelivered message (one attempt of a task) started running.
+
+    Keyed by attempt: a retry is a new message with a count of its own.
+    """
+    return f"{PREFIX}redelivered-runs:{task_id}:{retries}"

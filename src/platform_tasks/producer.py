@@ -158,8 +158,8 @@ def _check_schedule(
         raise InvalidScheduleError("eta must be timezone-aware (e.g. datetime.now(UTC))")
     delay = (eta - datetime.now(UTC)).total_seconds()
     if delay > max_delay:
-        # The worker holds a delayed message unacknowledged; past the visibility timeout
-        # Redis would hand it to a second worker and the task would run twice.
+        # The worker holds a delayed message unacknowledged, in memory, for the whole delay:
+        # holds are capped (queues.MAX_HOLD_SECONDS) so a worker's backlog stays bounded.
         raise InvalidScheduleError(
             f"eta is {delay:.0f}s ahead; this queue holds delayed work safely for at most "
             f"{max_delay}s (use a beat schedule for later work)"

@@ -14,11 +14,12 @@ from typing import Literal
 
 Pool = Literal["prefork", "threads", "solo"]
 
-#: Redis re-delivers an unacknowledged message after this many seconds (kombu's default).
-#: Every queue's longest hold (prefetched wait plus its own run) must fit inside it, or a task
-#: still waiting or running would be handed to a second worker.
-VISIBILITY_TIMEOUT_SECONDS = 3600
-VISIBILITY_MARGIN_SECONDS = 60
+#: The longest a worker may hold one message: waiting for its ETA, behind the prefetched
+#: ones, then running. Countdowns and ETAs are capped so that every queue's holds fit in it.
+#: (The broker's visibility timeout need not cover it: a worker keeps refreshing the
+#: visibility of what it holds, see platform_tasks.visibility.)
+MAX_HOLD_SECONDS = 3600
+HOLD_MARGIN_SECONDS = 60
 
 
 class QueueName(StrEnum):
@@ -80,8 +81,8 @@ class QueuePolicy:
     @property
     def max_delay_seconds(self) -> int:
         """Longest countdown/eta this queue accepts: a worker holds a delayed message
-        unacknowledged while it waits, and must still finish it within the visibility timeout."""
-        return VISIBILITY_TIMEOUT_SECONDS - self.longest_hold_seconds - VISIBILITY_MARGIN_SECONDS
+        unacknowledged while it waits, and must still finish it within :data:`MAX_HOLD_SECONDS`."""
+        return MAX_HOLD_SECONDS - self.longest_hold_seconds - HOLD_MARGIN_SECONDS
 
     @property
     def enforces_time_limits(self) -> bool:
@@ -149,7 +150,7 @@ QUEUES: Mapping[QueueName, QueuePolicy] = MappingProxyType(
 QUEUE_NAMES: tuple[str, ...] = tuple(str(name) for name in QUEUES)
 
 if any(policy.max_delay_seconds < 60 for policy in QUEUES.values()):
-    raise ValueError("a queue holds messages longer than the visibility timeout allows")
+    raise ValueError("a queue holds messages longer than MAX_HOLD_SECONDS allows")
 
 
 def policy_for(queue: str) -> QueuePolicy:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import threading
 from typing import Any
 
 import redis
@@ -80,3 +82,21 @@ def connect(
         common.update(tls_options(settings))
         common.pop("ssl", None)  # the rediss:// scheme already says so; from_url rejects ssl=
     return redis.Redis.from_url(url, **common)
+
+
+_process_clients: dict[int, redis.Redis] = {}
+_process_clients_lock = threading.Lock()
+
+
+def process_client(settings: Settings) -> redis.Redis:
+    """One broker-database client per process, made on first use.
+
+    For code inside a worker's pool processes (dead letters, the redelivery count): a process
+    forked from the worker must not use its parent's sockets.
+    """
+    pid = os.getpid()
+    with _process_clients_lock:
+        client = _process_clients.get(pid)
+        if client is None:
+            client = _process_clients[pid] = connect(settings)
+        return client

@@ -18,7 +18,7 @@ from pydantic_core import PydanticUndefined
 from platform_tasks import generated_files as generated
 from platform_tasks.contracts import TASKS
 from platform_tasks.observability.catalog import markdown_table
-from platform_tasks.queues import QUEUES, VISIBILITY_TIMEOUT_SECONDS
+from platform_tasks.queues import MAX_HOLD_SECONDS, QUEUES
 from platform_tasks.settings import ENV_PREFIX, Settings
 
 BEGIN = "<!-- BEGIN GENERATED: {name} -->"
@@ -67,7 +67,10 @@ def queues_table() -> str:
             f"{policy.max_delay_seconds} |"
         )
     rows.append("")
-    rows.append(f"Broker visibility timeout: {VISIBILITY_TIMEOUT_SECONDS} s.")
+    rows.append(
+        f"Longest a worker may hold one message (delay, wait behind prefetched ones, run): "
+        f"{MAX_HOLD_SECONDS} s."
+    )
     return "\n".join(rows)
 
 

@@ -151,6 +151,16 @@ class Settings(BaseSettings):
         default=100_000, ge=1, le=10_000_000,
         description="most entries the dead-letter list keeps; the oldest are dropped past it",
     )
+    visibility_timeout_seconds: int = Field(
+        default=300, ge=5, le=86_400,
+        description="seconds after which a message held by a worker that stopped refreshing "
+        "it (a dead worker) goes back on its queue; running workers refresh theirs",
+    )
+    max_redeliveries: int = Field(
+        default=5, ge=1, le=1000,
+        description="times a message whose runs never finish (the worker died each time) is "
+        "run again before it is dead-lettered instead",
+    )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: LogFormat = Field(
         default="json",

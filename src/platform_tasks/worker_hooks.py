@@ -1,5 +1,5 @@
 """What a worker process does at start-up beyond Celery's own: revoked ids, statistics, logs,
-dead letters."""
+dead letters, the redelivery count."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from celery.signals import worker_ready
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as CeleryConsumer
 
-from platform_tasks import dead_letters, keys, stats
+from platform_tasks import dead_letters, keys, redeliveries, stats
 from platform_tasks.app import PlatformCelery
 from platform_tasks.observability import task_context
 from platform_tasks.redis_client import connect
@@ -51,4 +51,5 @@ def install(app: PlatformCelery) -> None:
     stats.connect_signals()
     task_context.install()
     dead_letters.install(app.settings)
+    redeliveries.install(app.settings)
     app.conf.worker_consumer = f"{__name__}:Consumer"

@@ -107,3 +107,19 @@ def test_numbers_and_none_pass_through() -> None:
     assert redact({"n": 4111111111111111, "f": 1.5, "b": True, "x": None}) == {
         "n": 4111111111111111, "f": 1.5, "b": True, "x": None,
     }
+
+
+def test_an_id_is_kept_whole_but_a_configured_secret_inside_it_is_not() -> None:
+    task_id = "5f0b6c1e-2f7e-4d55-9a8e-0d5a0b1c2d3e"
+    assert redact({"task_id": task_id})["task_id"] == task_id
+    # An operator who made a UUID their Redis password still never sees it in a line.
+    assert redact({"correlation_id": task_id}, secrets=(task_id,))["correlation_id"] == MASK
+
+
+def test_a_value_seen_before_is_redacted_the_same_way_again() -> None:
+    redactor = Redactor(("s3cret-pw",))
+    line = {"event": "card 4111 1111 1111 1111 for someone@example.com, pw s3cret-pw"}
+    first = dict(redactor(None, "info", dict(line)))
+    second = dict(redactor(None, "info", dict(line)))
+    assert first == second
+    assert first["event"] == f"card {CARD} for s{MASK}@example.com, pw {MASK}"

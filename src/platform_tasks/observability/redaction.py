@@ -48,6 +48,9 @@ _NOT_PERSONAL_KEYS = frozenset({"worker", "hostname", "logger", "level", "timest
 #: Keys the log pipeline itself fills (never caller data): not worth a scan on every line.
 _PIPELINE_KEYS = frozenset({"timestamp", "level", "logger", "process", "pid"})
 
+#: Values with nothing to redact in them (exact types: a subclass may print anything).
+_PLAIN_NUMBERS = frozenset({int, float, bool})
+
 #: Redacted strings remembered per redactor; task ids and names repeat on every line of a task.
 _CACHE_LIMIT = 4096
 _CACHEABLE_LENGTH = 256
@@ -66,6 +69,11 @@ _EMAIL = re.compile(
 
 
 _has_digit = re.compile(r"\d").search
+#: Task, correlation and root ids: three per lifecycle line, each new. A UUID cannot hold a
+#: card number (32 hex digits in 8-4-4-4-12 groups), an e-mail address or a URL, so only
+#: the configured secrets are looked for in it.
+_is_uuid = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}").fullmatch
+_UUID_LENGTH = 36
 
 
 def luhn_valid(digits: str) -> bool:
@@ -107,23 +115,34 @@ class Redactor:
             variants.add(quote(secret, safe=""))
         # Longest first, so a secret that contains another is replaced whole.
         self._secrets = sorted(variants, key=len, reverse=True)
-        self._cache: dict[tuple[str, bool], str] = {}
+        # One cache per kind of field: e-mail masking applies to one and not the other.
+        self._caches: dict[bool, dict[str, str]] = {True: {}, False: {}}
 
     def redact_text(self, text: str, *, personal: bool = True) -> str:
         """``text`` with every rule applied (e-mail masking only when ``personal``)."""
-        if len(text) > _CACHEABLE_LENGTH:
-            return self._redact_text(text, personal)
-        cached = self._cache.get((text, personal))
-        if cached is None:
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            cached = self._cache[(text, personal)] = self._redact_text(text, personal)
-        return cached
+        cache = self._caches[personal]
+        cached = cache.get(text)
+        if cached is not None:
+            return cached
+        length = len(text)
+        if length == _UUID_LENGTH and _is_uuid(text):
+            # Not cached: an id is seen on a few lines and would push the names out.
+            return self._mask_secrets(text)
+        redacted = self._redact_text(text, personal)
+        if length <= _CACHEABLE_LENGTH:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[text] = redacted
+        return redacted
 
-    def _redact_text(self, text: str, personal: bool) -> str:
+    def _mask_secrets(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
+        return text
+
+    def _redact_text(self, text: str, personal: bool) -> str:
+        text = self._mask_secrets(text)
         if "://" in text:
             text = _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:" + MASK + "@", text)
         if _has_digit(text):
@@ -154,7 +173,21 @@ class Redactor:
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        for key in list(event_dict):
-            if key not in _PIPELINE_KEYS:
-                event_dict[key] = self._redact_field(key, event_dict[key])
+        # The hot path of every log line: plain strings, the common case, skip the general
+        # walk. Values are replaced in place (the keys stay): no copy of the dict per line.
+        for key, value in event_dict.items():
+            if key in _PIPELINE_KEYS or value is None:
+                continue
+            kind = type(value)
+            if kind in _PLAIN_NUMBERS:
+                continue
+            if kind is str:
+                if value and is_secret_key(key):
+                    event_dict[key] = REDACTED
+                else:
+                    event_dict[key] = self.redact_text(
+                        value, personal=key not in _NOT_PERSONAL_KEYS
+                    )
+            else:
+                event_dict[key] = self._redact_field(key, value)
         return event_dict

@@ -17,8 +17,10 @@ import structlog
 from celery import signals
 
 from platform_tasks import headers
+from platform_tasks.observability.logging import emit
 
-logger = structlog.get_logger("platform_tasks.task")
+_LOGGER = "platform_tasks.task"
+logger = structlog.get_logger(_LOGGER)
 
 #: Monotonic start time of each running task in this process, for its runtime.
 _started: dict[str, float] = {}
@@ -67,7 +69,8 @@ def request_fields(request: Any, task_name: str | None = None) -> dict[str, Any]
 
 def _on_received(request: Any = None, **_: Any) -> None:
     if request is not None:
-        logger.info("task_received", **request_fields(request, getattr(request, "name", None)))
+        emit(_LOGGER, "info", "task_received",
+             request_fields(request, getattr(request, "name", None)))
 
 
 def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -77,7 +80,7 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     structlog.contextvars.bind_contextvars(**request_fields(task.request, task.name))
     if task_id is not None:
         _started[task_id] = time.monotonic()
-    logger.info("task_started")
+    emit(_LOGGER, "info", "task_started", {})
 
 
 def _on_postrun(task_id: str | None = None, **_: Any) -> None:
@@ -95,7 +98,7 @@ def _runtime_ms(task_id: str | None) -> float | None:
 
 def _on_success(sender: Any = None, **_: Any) -> None:
     task_id = getattr(getattr(sender, "request", None), "id", None)
-    logger.info("task_succeeded", runtime_ms=_runtime_ms(task_id))
+    emit(_LOGGER, "info", "task_succeeded", {"runtime_ms": _runtime_ms(task_id)})
 
 
 def _on_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
