@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
+from platform_tasks.devstack.ports import free_port
 from platform_tasks.devstack.redis_binary import RedisBinaryNotFound, find_redis_server
 
 
@@ -60,3 +65,30 @@ def prometheus_binary() -> Path:
 def promtool_binary() -> Path:
     """promtool, shipped with the Debian ``prometheus`` package."""
     return _system_binary("promtool", "apt-get install prometheus (make test does, as root)")
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server_binary: Path) -> Iterator[str]:
+    """A plain redis-server of the module's own on a free loopback port, nothing persisted."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(redis_server_binary), "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=10)
