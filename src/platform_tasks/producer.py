@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -28,7 +29,7 @@ from platform_tasks.app import PUBLISH_RETRY_POLICY, PlatformCelery, create_app
 from platform_tasks.batch_publish import quick_saferepr
 from platform_tasks.contracts import TASKS, InvalidArgumentsError, TaskContract
 from platform_tasks.queues import QUEUE_NAMES, policy_for
-from platform_tasks.redis_client import connect
+from platform_tasks.redis_client import connect, no_retry
 from platform_tasks.redis_errors import retry_through_failover
 from platform_tasks.settings import Settings, load_settings
 
@@ -40,6 +41,9 @@ PENDING, PUBLISHED = "pending", "published"
 
 #: How long an enqueue keeps retrying transient Redis replies (see redis_errors).
 PUBLISH_BUDGET_SECONDS = 40.0
+#: How long a publish onto a queue that asks for replication waits for its replicas (and
+#: never longer than the socket timeout allows: WAIT blocks the reply).
+CONFIRM_TIMEOUT_MS = 2000
 
 #: Messages per Redis transaction in ``enqueue_many``.
 BULK_BATCH_SIZE = 500
@@ -79,6 +83,15 @@ class EnqueueInProgressError(ProducerError):
 
 class InvalidScheduleError(ProducerError):
     """``countdown``/``eta`` are contradictory, in the past, or too far ahead."""
+
+
+class ReplicationNotConfirmedError(ProducerError):
+    """The master took the message but not enough replicas confirmed it in time.
+
+    The message is on the master and will most likely run; a failover right now could lose
+    it. Enqueue again with the same idempotency key (the task must be idempotent, as the
+    queues that ask for confirmation are): a duplicate message, never a lost one.
+    """
 
 
 class PartialEnqueueError(ProducerError):
@@ -297,6 +310,8 @@ class TaskProducer:
         self.settings = settings
         self.app = app if app is not None else create_app(settings, include_tasks=False)
         self._redis = connect(settings)
+        self._confirm_client: redis.Redis | None = None
+        self._confirm_lock = threading.Lock()
 
     def enqueue(
         self,
@@ -337,22 +352,30 @@ class TaskProducer:
         if idempotency_key is not None:
             message_headers[headers.IDEMPOTENCY_KEY] = idempotency_key
         try:
-            # kombu retries connection errors itself; a new master that has no replica in
-            # sync yet answers NOREPLICAS, which only this outer retry gets past.
-            retry_through_failover(
-                lambda: self.app.send_task(
-                    task_name,
-                    args=call_args,
-                    kwargs=call_kwargs,
-                    queue=queue,
-                    task_id=task_id,
-                    eta=when,
-                    headers=message_headers,
-                    retry=True,
-                    retry_policy=PUBLISH_RETRY_POLICY,
-                ),
-                budget_seconds=PUBLISH_BUDGET_SECONDS,
-            )
+            if policy_for(queue).confirm_replicas:
+                item = _Checked(
+                    index=0, task_id=task_id, args=call_args, kwargs=call_kwargs, eta=when,
+                    correlation_id=message_headers[headers.CORRELATION_ID],
+                    idempotency_key=idempotency_key, dedup_key=dedup_key,
+                )
+                self._write_confirmed(queue, self._build(task_name, queue, [item]))
+            else:
+                # kombu retries connection errors itself; a new master that has no replica
+                # in sync yet answers NOREPLICAS, which only this outer retry gets past.
+                retry_through_failover(
+                    lambda: self.app.send_task(
+                        task_name,
+                        args=call_args,
+                        kwargs=call_kwargs,
+                        queue=queue,
+                        task_id=task_id,
+                        eta=when,
+                        headers=message_headers,
+                        retry=True,
+                        retry_policy=PUBLISH_RETRY_POLICY,
+                    ),
+                    budget_seconds=PUBLISH_BUDGET_SECONDS,
+                )
         except BaseException:
             if dedup_key is not None:
                 # Not published: let the caller's retry with the same key publish it. If this
@@ -466,10 +489,13 @@ class TaskProducer:
             return
         try:
             commands = self._build(task_name, queue, to_send)
-            retry_through_failover(
-                lambda: batch_publish.write_commands(self._redis, commands),
-                budget_seconds=PUBLISH_BUDGET_SECONDS,
-            )
+            if policy_for(queue).confirm_replicas:
+                self._write_confirmed(queue, commands)
+            else:
+                retry_through_failover(
+                    lambda: batch_publish.write_commands(self._redis, commands),
+                    budget_seconds=PUBLISH_BUDGET_SECONDS,
+                )
         except BaseException:
             self._release(claimed)
             raise
@@ -552,6 +578,33 @@ class TaskProducer:
                 )
             )
             return commands
+
+    def _write_confirmed(self, queue: str, commands: list[batch_publish.Command]) -> None:
+        """Publish ``commands`` and return once the queue's replicas confirmed them."""
+        wanted = policy_for(queue).confirm_replicas
+        with self._confirm_lock:
+            if self._confirm_client is None:
+                # One connection (WAIT counts its writes), no redis-py retries inside the
+                # write-then-WAIT sequence: the retry below redoes the whole of it.
+                self._confirm_client = connect(self.settings, retry=no_retry(),
+                                               single_connection=True)
+            client = self._confirm_client
+            wait_ms = self._confirm_timeout_ms()
+            confirmed = retry_through_failover(
+                lambda: batch_publish.write_confirmed(client, commands, wanted, wait_ms),
+                budget_seconds=PUBLISH_BUDGET_SECONDS,
+            )
+        if confirmed < wanted:
+            raise ReplicationNotConfirmedError(
+                f"{queue}: the master took the message but {confirmed} of {wanted} "
+                f"replica(s) confirmed it within {wait_ms / 1000:g}s; a failover "
+                "now could lose it: enqueue again with the same idempotency key"
+            )
+
+    def _confirm_timeout_ms(self) -> int:
+        # The reply to WAIT must come before the socket gives up on it.
+        socket_ms = int(self.settings.redis_socket_timeout * 1000)
+        return max(100, min(CONFIRM_TIMEOUT_MS, socket_ms - 500))
 
     def _claim_many(self, items: list[_Checked]) -> set[str]:
         """Claim the items' idempotency keys in one round trip; the keys claimed.
@@ -684,6 +737,8 @@ class TaskProducer:
 
     def close(self) -> None:
         self._redis.close()
+        if self._confirm_client is not None:
+            self._confirm_client.close()
         self.app.close()
 
     def __enter__(self) -> TaskProducer:

@@ -62,6 +62,9 @@ class QueuePolicy:
     rate_limit: str | None
     soft_shutdown_seconds: int
     description: str
+    #: A publish onto this queue succeeds only once this many replicas have the message
+    #: (``WAIT``): a failover right after it cannot lose it. 0: the master's word suffices.
+    confirm_replicas: int = 0
 
     def __post_init__(self) -> None:
         if self.soft_time_limit >= self.time_limit:
@@ -130,6 +133,7 @@ QUEUES: Mapping[QueueName, QueuePolicy] = MappingProxyType(
             rate_limit=None,
             soft_shutdown_seconds=30,
             description="Charges against the payment gateway: idempotent, never prefetched far.",
+            confirm_replicas=1,
         ),
         QueueName.DEFAULT: QueuePolicy(
             name=QueueName.DEFAULT,

@@ -49,12 +49,19 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
+def _confirmation(replicas: int) -> str:
+    if not replicas:
+        return "the master"
+    return f"{replicas} replica{'s' if replicas > 1 else ''} (`WAIT`)"
+
+
 def queues_table() -> str:
     """Every queue's policy, as the workers run it."""
     rows = [
         "| queue | pool | concurrency | prefetch | acks | soft / hard limit (s) | retries "
-        "(backoff) | rate limit | soft shutdown (s) | longest countdown (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "(backoff) | rate limit | soft shutdown (s) | longest countdown (s) | publish confirmed "
+        "by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy in QUEUES.values():
         retry = policy.retry
@@ -64,7 +71,7 @@ def queues_table() -> str:
             f"{policy.soft_time_limit} / {policy.time_limit} | {retry.max_retries} "
             f"({retry.backoff_seconds}s doubling to {retry.backoff_max_seconds}s, jitter) | "
             f"{policy.rate_limit or '—'} | {policy.soft_shutdown_seconds} | "
-            f"{policy.max_delay_seconds} |"
+            f"{policy.max_delay_seconds} | {_confirmation(policy.confirm_replicas)} |"
         )
     rows.append("")
     rows.append(
