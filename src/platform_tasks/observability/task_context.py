@@ -17,6 +17,7 @@ import structlog
 from celery import signals
 
 from platform_tasks import headers
+from platform_tasks.observability import bound_context
 from platform_tasks.observability.logging import emit
 
 _LOGGER = "platform_tasks.task"
@@ -76,7 +77,7 @@ def _on_received(request: Any = None, **_: Any) -> None:
 def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None:
         return
-    structlog.contextvars.clear_contextvars()
+    bound_context.clear()
     structlog.contextvars.bind_contextvars(**request_fields(task.request, task.name))
     if task_id is not None:
         _started[task_id] = time.monotonic()
@@ -86,7 +87,7 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
 def _on_postrun(task_id: str | None = None, **_: Any) -> None:
     if task_id is not None:
         _started.pop(task_id, None)
-    structlog.contextvars.clear_contextvars()
+    bound_context.clear()
 
 
 def _runtime_ms(task_id: str | None) -> float | None:

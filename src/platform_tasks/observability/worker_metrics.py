@@ -140,6 +140,19 @@ def _guarded(what: str, function: Any, *args: Any, **kwargs: Any) -> None:
 # -- signal handlers ---------------------------------------------------------------------
 
 
+#: (metric, labels) -> its labelled child: ``labels()`` validates and locks on every call,
+#: and the per-task handlers below make four such calls for the same few combinations.
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None or task_id is None:
         return
@@ -147,10 +160,10 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     queue, name = queue_of(request), str(task.name)
     with _running_lock:
         _running[task_id] = (time.monotonic(), queue, name)
-    tasks_in_flight.labels(queue, name).inc()
+    _child(tasks_in_flight, queue, name).inc()
     waited = wait_seconds(request, time.time())
     if waited is not None:
-        task_wait.labels(queue, name).observe(waited)
+        _child(task_wait, queue, name).observe(waited)
 
 
 def _postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
@@ -161,9 +174,9 @@ def _postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> 
     if running is None:
         return
     started, queue, name = running
-    tasks_in_flight.labels(queue, name).dec()
+    _child(tasks_in_flight, queue, name).dec()
     outcome = _OUTCOME_BY_STATE.get(str(state), str(state).lower() if state else UNKNOWN)
-    task_runtime.labels(queue, name, outcome).observe(time.monotonic() - started)
+    _child(task_runtime, queue, name, outcome).observe(time.monotonic() - started)
 
 
 def _retry(request: Any = None, reason: Any = None, sender: Any = None, **_: Any) -> None:
