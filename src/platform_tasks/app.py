@@ -188,7 +188,8 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
         task_ignore_result=True,
         task_annotations=_BUILTIN_CANVAS_RESULTS,
         task_store_errors_even_if_ignored=False,
-        task_track_started=True,
+        # Per queue (QueuePolicy.track_started); Celery's canvas helpers do not record it.
+        task_track_started=False,
         result_extended=True,
         result_expires=settings.result_expires_seconds,
         result_backend_always_retry=True,

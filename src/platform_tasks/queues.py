@@ -65,6 +65,9 @@ class QueuePolicy:
     #: A publish onto this queue succeeds only once this many replicas have the message
     #: (``WAIT``): a failover right after it cannot lose it. 0: the master's word suffices.
     confirm_replicas: int = 0
+    #: Record the STARTED state when a task begins: one more result write per task, worth it
+    #: for tasks long enough that someone asks "is it running yet?".
+    track_started: bool = True
 
     def __post_init__(self) -> None:
         if self.soft_time_limit >= self.time_limit:
@@ -147,6 +150,7 @@ QUEUES: Mapping[QueueName, QueuePolicy] = MappingProxyType(
             rate_limit=None,
             soft_shutdown_seconds=30,
             description="Everything else: short mixed work, reports, the seed's arithmetic.",
+            track_started=False,
         ),
     }
 )

@@ -60,8 +60,8 @@ def queues_table() -> str:
     rows = [
         "| queue | pool | concurrency | prefetch | acks | soft / hard limit (s) | retries "
         "(backoff) | rate limit | soft shutdown (s) | longest countdown (s) | publish confirmed "
-        "by |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "by | STARTED recorded |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for policy in QUEUES.values():
         retry = policy.retry
@@ -71,7 +71,8 @@ def queues_table() -> str:
             f"{policy.soft_time_limit} / {policy.time_limit} | {retry.max_retries} "
             f"({retry.backoff_seconds}s doubling to {retry.backoff_max_seconds}s, jitter) | "
             f"{policy.rate_limit or '—'} | {policy.soft_shutdown_seconds} | "
-            f"{policy.max_delay_seconds} | {_confirmation(policy.confirm_replicas)} |"
+            f"{policy.max_delay_seconds} | {_confirmation(policy.confirm_replicas)} | "
+            f"{'yes' if policy.track_started else 'no'} |"
         )
     rows.append("")
     rows.append(

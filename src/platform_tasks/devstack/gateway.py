@@ -201,6 +201,9 @@ class PaymentGatewayStub(Service):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver listens with a backlog of 5: a thread pool of 8 or 16 workers connecting
+    # at once had its extra connections dropped and retried a second later.
+    request_queue_size = 128
     stub: PaymentGatewayStub
 
     def server_bind(self) -> None:

@@ -73,6 +73,7 @@ def platform_task(
                 rate_limit=policy.rate_limit,
                 max_retries=policy.retry.max_retries,
                 ignore_result=False,
+                track_started=policy.track_started,
                 throws=(InvalidArgumentsError, PermanentTaskError),
             )(run),
         )
