@@ -12,7 +12,6 @@ commands as one ``MULTI``/``EXEC`` per batch: a batch lands whole or not at all.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -158,24 +157,16 @@ def _quick(value: Any, depth: int) -> str | None:
 
 def write_confirmed(client: redis.Redis, commands: list[Command], replicas: int,
                     timeout_ms: int) -> int:
-    """Run ``commands`` (all or nothing), then ``WAIT`` for ``replicas`` to have them.
+    """Run ``commands``, then ``WAIT`` for ``replicas`` to have them; how many confirmed.
 
-    ``client`` must be a single-connection client used by one thread at a time: ``WAIT``
-    counts the writes of its own connection. Returns how many replicas confirmed (at most
-    ``replicas`` unless more were quick), which the caller compares.
+    One pipeline is one connection, and ``WAIT`` counts the writes of its own connection.
+    The commands of a batch coalesce into one ``LPUSH`` (atomic); anything else would run
+    one by one, so a failure part way publishes part of it (retried whole: duplicates, never
+    a loss).
     """
-    coalesced = list(_coalesced(commands))
-    if len(coalesced) == 1:  # one LPUSH, the usual case: atomic on its own
-        name, args = coalesced[0]
-        client.execute_command(name.upper(), *args)
-    else:
-        client.execute_command("MULTI")
-        try:
-            for name, args in coalesced:
-                client.execute_command(name.upper(), *args)
-            client.execute_command("EXEC")
-        except BaseException:
-            with contextlib.suppress(redis.RedisError):
-                client.execute_command("DISCARD")
-            raise
-    return int(client.execute_command("WAIT", replicas, timeout_ms))
+    with client.pipeline(transaction=False) as pipe:
+        for name, args in _coalesced(commands):
+            getattr(pipe, name)(*args)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        replies = pipe.execute()
+    return int(replies[-1])

@@ -17,6 +17,8 @@ What changes against kombu's own (each a class below, combined in :class:`Channe
 * **Screening** (``_ScreensDeliveries``): an item that is not a message, and a message over
   the redelivery cap (:mod:`platform_tasks.redeliveries`), become dead letters instead of
   crashing or looping the worker.
+* **Pub/sub reads** (``_ListensWithoutBlocking``) only when a reply is there: a blocking
+  read after a reconnection could hang the worker for good.
 * One synchronous client per channel instead of a new one per command.
 """
 
@@ -463,6 +465,31 @@ class _FetchesInBatches:
         dead_letters.record_unreadable(text, queue, reason)
 
 
+class _ListensWithoutBlocking:
+    """Channel behaviour: the pub/sub read (Celery's remote control) never blocks the worker.
+
+    kombu reads a pub/sub reply with redis-py's blocking ``parse_response``. After the
+    broker connections were reset (a cut connection, a broker restart), the event loop can
+    call it when nothing is there to read: redis-py reconnects and waits for a message with
+    no timeout, and the whole worker hangs for good while its heartbeat thread keeps the
+    probes happy (found by the ledger suite's connection-cut and broker-down scenarios).
+    Here the read happens only when a reply is there.
+    """
+
+    def _receive_one(self, c: Any) -> Any:
+        channel: Any = self
+        connection = c.connection
+        if connection is not None:
+            try:
+                readable = connection.can_read(timeout=0)
+            except channel.connection_errors:
+                channel._in_listen = None
+                raise
+            if not readable:
+                raise Empty()
+        return super()._receive_one(c)  # type: ignore[misc]
+
+
 class _ReusesItsClient:
     """Channel behaviour: one synchronous client per channel instead of one per command.
 
@@ -495,8 +522,8 @@ class _FlushesAcksOnClose:
 _OPTIONS = ("platform_max_redeliveries",)
 
 
-class Channel(_FlushesAcksOnClose, _FetchesInBatches, _ScreensDeliveries, _ReusesItsClient,
-              _RestoresOrphans, kombu_redis.Channel):
+class Channel(_FlushesAcksOnClose, _FetchesInBatches, _ScreensDeliveries,
+              _ListensWithoutBlocking, _ReusesItsClient, _RestoresOrphans, kombu_redis.Channel):
     QoS = FailoverTolerantQoS
     # kombu's tuple has a fixed length in its inferred type; ours is one longer.
     from_transport_options = (  # type: ignore[assignment]
@@ -505,7 +532,8 @@ class Channel(_FlushesAcksOnClose, _FetchesInBatches, _ScreensDeliveries, _Reuse
 
 
 class SentinelChannel(_FlushesAcksOnClose, _FetchesInBatches, _ScreensDeliveries,
-                      _ReusesItsClient, _RestoresOrphans, kombu_redis.SentinelChannel):
+                      _ListensWithoutBlocking, _ReusesItsClient, _RestoresOrphans,
+                      kombu_redis.SentinelChannel):
     QoS = FailoverTolerantQoS
     from_transport_options = (  # type: ignore[assignment]
         *kombu_redis.SentinelChannel.from_transport_options, *_OPTIONS

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,7 +28,7 @@ from platform_tasks.app import PUBLISH_RETRY_POLICY, PlatformCelery, create_app
 from platform_tasks.batch_publish import quick_saferepr
 from platform_tasks.contracts import TASKS, InvalidArgumentsError, TaskContract
 from platform_tasks.queues import QUEUE_NAMES, policy_for
-from platform_tasks.redis_client import connect, no_retry
+from platform_tasks.redis_client import connect
 from platform_tasks.redis_errors import retry_through_failover
 from platform_tasks.settings import Settings, load_settings
 
@@ -310,8 +309,6 @@ class TaskProducer:
         self.settings = settings
         self.app = app if app is not None else create_app(settings, include_tasks=False)
         self._redis = connect(settings)
-        self._confirm_client: redis.Redis | None = None
-        self._confirm_lock = threading.Lock()
 
     def enqueue(
         self,
@@ -352,7 +349,7 @@ class TaskProducer:
         if idempotency_key is not None:
             message_headers[headers.IDEMPOTENCY_KEY] = idempotency_key
         try:
-            if policy_for(queue).confirm_replicas:
+            if self._confirms(queue):
                 item = _Checked(
                     index=0, task_id=task_id, args=call_args, kwargs=call_kwargs, eta=when,
                     correlation_id=message_headers[headers.CORRELATION_ID],
@@ -489,7 +486,7 @@ class TaskProducer:
             return
         try:
             commands = self._build(task_name, queue, to_send)
-            if policy_for(queue).confirm_replicas:
+            if self._confirms(queue):
                 self._write_confirmed(queue, commands)
             else:
                 retry_through_failover(
@@ -579,21 +576,19 @@ class TaskProducer:
             )
             return commands
 
+    def _confirms(self, queue: str) -> bool:
+        """Whether publishes onto ``queue`` wait for replicas (only a replicated broker has
+        any: with a single Redis URL the master's word is all there is)."""
+        return self.settings.uses_sentinel and policy_for(queue).confirm_replicas > 0
+
     def _write_confirmed(self, queue: str, commands: list[batch_publish.Command]) -> None:
         """Publish ``commands`` and return once the queue's replicas confirmed them."""
         wanted = policy_for(queue).confirm_replicas
-        with self._confirm_lock:
-            if self._confirm_client is None:
-                # One connection (WAIT counts its writes), no redis-py retries inside the
-                # write-then-WAIT sequence: the retry below redoes the whole of it.
-                self._confirm_client = connect(self.settings, retry=no_retry(),
-                                               single_connection=True)
-            client = self._confirm_client
-            wait_ms = self._confirm_timeout_ms()
-            confirmed = retry_through_failover(
-                lambda: batch_publish.write_confirmed(client, commands, wanted, wait_ms),
-                budget_seconds=PUBLISH_BUDGET_SECONDS,
-            )
+        wait_ms = self._confirm_timeout_ms()
+        confirmed = retry_through_failover(
+            lambda: batch_publish.write_confirmed(self._redis, commands, wanted, wait_ms),
+            budget_seconds=PUBLISH_BUDGET_SECONDS,
+        )
         if confirmed < wanted:
             raise ReplicationNotConfirmedError(
                 f"{queue}: the master took the message but {confirmed} of {wanted} "
@@ -737,8 +732,6 @@ class TaskProducer:
 
     def close(self) -> None:
         self._redis.close()
-        if self._confirm_client is not None:
-            self._confirm_client.close()
         self.app.close()
 
     def __enter__(self) -> TaskProducer:

@@ -64,7 +64,8 @@ class QueuePolicy:
     description: str
     #: A publish onto this queue succeeds only once this many replicas have the message
     #: (``WAIT``): a failover right after it cannot lose it. 0: the master's word suffices.
-    confirm_replicas: int = 0
+    #: Applies to a Sentinel-managed broker (a single Redis has no replica to wait for).
+    confirm_replicas: int = 1
     #: Record the STARTED state when a task begins: one more result write per task, worth it
     #: for tasks long enough that someone asks "is it running yet?".
     track_started: bool = True
@@ -136,7 +137,6 @@ QUEUES: Mapping[QueueName, QueuePolicy] = MappingProxyType(
             rate_limit=None,
             soft_shutdown_seconds=30,
             description="Charges against the payment gateway: idempotent, never prefetched far.",
-            confirm_replicas=1,
         ),
         QueueName.DEFAULT: QueuePolicy(
             name=QueueName.DEFAULT,

@@ -48,14 +48,11 @@ def sentinel_kwargs(settings: Settings, *, retry: Retry | None = None) -> dict[s
 
 
 def connect(
-    settings: Settings, *, db: int | None = None, retry: Retry | None = None,
-    single_connection: bool = False,
+    settings: Settings, *, db: int | None = None, retry: Retry | None = None
 ) -> redis.Redis:
     """A client for the current master (database ``db``, the broker's by default).
 
     ``retry`` replaces redis-py's default retry policy (see :func:`no_retry`).
-    ``single_connection``: every command goes over one connection (``WAIT`` counts the
-    replication of that connection's own writes).
     """
     database = settings.broker_db if db is None else db
     common: dict[str, Any] = {
@@ -76,7 +73,7 @@ def connect(
             **tls_options(settings),
         )
         master: redis.Redis = sentinel.master_for(settings.sentinel_master, **common)
-        return master.client() if single_connection else master
+        return master
     assert settings.redis_url is not None
     url = settings.redis_url
     if settings.redis_tls and url.startswith("redis://"):
@@ -84,8 +81,7 @@ def connect(
     if url.startswith("rediss://"):
         common.update(tls_options(settings))
         common.pop("ssl", None)  # the rediss:// scheme already says so; from_url rejects ssl=
-    client = redis.Redis.from_url(url, **common)
-    return client.client() if single_connection else client
+    return redis.Redis.from_url(url, **common)
 
 
 _process_clients: dict[int, redis.Redis] = {}

@@ -1,5 +1,5 @@
-"""Publishes onto a queue that asks for replication (payments) return only once a replica has
-the message; when none confirms in time the producer says so instead of reporting success."""
+"""Publishes return only once a replica has the message; when none confirms in time the
+producer says so instead of reporting success. A single Redis (no Sentinel) is not waited on."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from platform_tasks.producer import (
     ReplicationNotConfirmedError,
     TaskProducer,
 )
-from platform_tasks.queues import policy_for
+from platform_tasks.queues import QUEUE_NAMES, policy_for
 from platform_tasks.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -47,9 +47,16 @@ def replica_processes(topology: SentinelTopology) -> list[ManagedProcess]:
                                              strict=False) if port != master_port]
 
 
-def test_payments_asks_for_a_replica_and_default_does_not() -> None:
-    assert policy_for("payments").confirm_replicas == 1
-    assert policy_for("default").confirm_replicas == 0
+def test_every_queue_asks_for_a_replica() -> None:
+    assert {policy_for(queue).confirm_replicas for queue in QUEUE_NAMES} == {1}
+
+
+def test_a_single_redis_is_not_waited_on(redis_url: str) -> None:
+    # Nothing replicates from a lone server: WAIT would time out on every publish.
+    with TaskProducer(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url})) as producer:
+        started = time.monotonic()
+        producer.enqueue(ADD, queue="default", args=[1, 2])
+        assert time.monotonic() - started < CONFIRM_TIMEOUT_MS / 1000
 
 
 def test_a_confirmed_publish_is_on_a_replica_when_it_returns(
@@ -86,9 +93,9 @@ def test_without_a_replica_answering_the_producer_does_not_report_success(
         with pytest.raises(ReplicationNotConfirmedError, match="0 of 1 replica"):
             charge(confirming_producer, "unconfirmed-0001")
         assert time.monotonic() - started >= CONFIRM_TIMEOUT_MS / 1000 - 0.2
-        # A queue that does not ask for confirmation publishes at once.
-        confirming_producer.enqueue(ADD, queue="default", args=[1, 2])
-        assert master.llen("default") == 1
+        with pytest.raises(ReplicationNotConfirmedError, match=r"^default: "):
+            confirming_producer.enqueue_many(ADD, [([1, 2], {}), ([3, 4], {})], queue="default")
+        assert master.llen("default") == 2  # on the master, just not confirmed
     finally:
         for process in replicas:
             process.kill(signal.SIGCONT)
