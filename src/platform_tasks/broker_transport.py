@@ -40,7 +40,7 @@ from kombu.transport import virtual as kombu_virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from platform_tasks import fetch_script, redeliveries
+from platform_tasks import consumer_loop, fetch_script, redeliveries
 from platform_tasks.visibility import VisibilityHeartbeat, refresh_interval
 
 logger = logging.getLogger(__name__)
@@ -558,6 +558,7 @@ class _BatchesAcks:
                     qos.flush_acks()
 
         loop.on_tick.add(flush_acks)
+        loop.on_tick.add(consumer_loop.turned)
         self.batch_acks = True
 
 

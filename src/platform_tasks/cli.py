@@ -87,7 +87,9 @@ def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
     # SIGTERM's warm shutdown lets them finish, bounded by their hard time limit.
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
     worker_hooks.install(app)
-    heartbeat.install(settings, options.queue)
+    # The solo pool runs each task on the consumer loop itself: a long task is not a wedge.
+    heartbeat.install(settings, options.queue,
+                      watch_loop=(options.pool or policy.pool) != "solo")
     if settings.metrics_port:
         worker_metrics.connect_signals()
         port = worker_metrics.start_worker_metrics(

@@ -23,7 +23,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from platform_tasks import keys
+from platform_tasks import consumer_loop, keys
 from platform_tasks.redis_client import connect, no_retry
 from platform_tasks.settings import Settings
 
@@ -62,8 +62,12 @@ def last_alive(settings: Settings, queue: str) -> float | None:
 class Heartbeat:
     """A daemon thread that keeps one worker's entry fresh until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, queue: str, hostname: str) -> None:
+    def __init__(self, settings: Settings, queue: str, hostname: str, *,
+                 watch_loop: bool = True) -> None:
         self.settings = settings
+        #: Whether a consumer loop that stopped turning stops the beats (not for the solo
+        #: pool, whose loop runs each task itself and is legitimately busy that long).
+        self.watch_loop = watch_loop
         self.key = keys.worker_heartbeats(queue)
         self.file = liveness_file(settings, queue)
         self.hostname = hostname
@@ -87,17 +91,28 @@ class Heartbeat:
         except OSError as error:
             logger.warning("liveness file %s not written: %s", self.file, error)
 
+    def beat(self, client: Any) -> bool:
+        """One beat: the liveness file and the Redis entry; False (no beat) when the
+        consumer loop is wedged."""
+        stalled = consumer_loop.stalled_for() if self.watch_loop else None
+        if stalled is not None:
+            logger.error("consumer loop has not turned for %.0f s: heartbeat withheld so the "
+                         "liveness probe restarts this worker", stalled)
+            return False
+        self._touch_file()
+        try:
+            self.beat_once(client)
+        except Exception as error:
+            # A failover or a network blip: the next beat tries again; a worker that stays
+            # cut off goes stale, which is what its probe should then report.
+            logger.warning("heartbeat not written: %s: %s", type(error).__name__, error)
+        return True
+
     def _run(self) -> None:
         client = connect(self.settings, retry=no_retry())
         try:
             while not self._stopped.is_set():
-                self._touch_file()
-                try:
-                    self.beat_once(client)
-                except Exception as error:
-                    # A failover or a network blip: the next beat tries again; a worker that
-                    # stays cut off goes stale, which is what its probe should then report.
-                    logger.warning("heartbeat not written: %s: %s", type(error).__name__, error)
+                self.beat(client)
                 self._stopped.wait(self.settings.heartbeat_interval_seconds)
             try:
                 client.zrem(self.key, self.hostname)
@@ -135,13 +150,13 @@ def live_consumers(client: Any, queue: str, settings: Settings, now: float) -> i
 _heartbeat: Heartbeat | None = None
 
 
-def install(settings: Settings, queue: str) -> None:
+def install(settings: Settings, queue: str, *, watch_loop: bool = True) -> None:
     """Beat from the moment the worker consumes until it shuts down."""
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         global _heartbeat
         hostname = str(getattr(sender, "hostname", None) or worker_hostname(queue))
-        _heartbeat = Heartbeat(settings, queue, hostname)
+        _heartbeat = Heartbeat(settings, queue, hostname, watch_loop=watch_loop)
         _heartbeat.start()
 
     def on_shutdown(**_: Any) -> None:
