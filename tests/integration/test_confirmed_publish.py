@@ -53,10 +53,16 @@ def test_every_queue_asks_for_a_replica() -> None:
 
 def test_a_single_redis_is_not_waited_on(redis_url: str) -> None:
     # Nothing replicates from a lone server: WAIT would time out on every publish.
+    lone = redis.Redis.from_url(redis_url)
+    lone.delete("default")
     with TaskProducer(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url})) as producer:
         started = time.monotonic()
-        producer.enqueue(ADD, queue="default", args=[1, 2])
+        task_id = producer.enqueue(ADD, queue="default", args=[1, 2])
         assert time.monotonic() - started < CONFIRM_TIMEOUT_MS / 1000
+    # Published, and through Celery's own path (no WAIT was sent to time out).
+    queued = [json.loads(item)["headers"]["id"] for item in lone.lrange("default", 0, -1)]
+    lone.close()
+    assert queued == [task_id]
 
 
 def test_a_confirmed_publish_is_on_a_replica_when_it_returns(
