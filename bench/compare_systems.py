@@ -215,7 +215,7 @@ class _TaskStartLog:
 
 class PlatformSystem(System):
     name = "platform"
-    default_processes = 2  # the default queue's policy: prefork, concurrency 2
+    default_processes = 2  # the default queue's policy: solo, a group of 2
     bulk_api = "TaskProducer.enqueue_many"
 
     def __init__(self, run_dir: Path, workload: Workload, topology: SentinelTopology) -> None:

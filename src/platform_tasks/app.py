@@ -90,6 +90,11 @@ def restore_sweep_seconds(visibility_timeout: int) -> int:
     return max(1, min(10, visibility_timeout // 6))
 
 
+def restore_mutex_seconds(visibility_timeout: int) -> int:
+    """How long a sweep's lock outlives a sweeper that died holding it."""
+    return max(5, 3 * restore_sweep_seconds(visibility_timeout))
+
+
 def _transport_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout_seconds,
@@ -97,6 +102,11 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         # often enough that a dead worker's messages return soon after the timeout.
         "unacked_restore_interval": restore_sweep_seconds(settings.visibility_timeout_seconds),
         "unacked_restore_throttle": 1,
+        # A sweep holds a lock while it runs; a worker killed or cut off mid-sweep leaves it
+        # held until it expires (kombu: 300 s), and no worker sweeps meanwhile. A sweep takes
+        # milliseconds, and two at once are safe (each message is restored in a transaction
+        # watching the unacked hash), so the lock lasts only a few sweep intervals.
+        "unacked_mutex_expire": restore_mutex_seconds(settings.visibility_timeout_seconds),
         "platform_max_redeliveries": settings.max_redeliveries,
         "socket_timeout": settings.redis_socket_timeout,
         "socket_connect_timeout": settings.redis_socket_timeout,

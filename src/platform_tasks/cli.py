@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,9 +48,11 @@ def _import_modules(modules: Sequence[str]) -> None:
 
 
 def _worker_argv(
-    queue: str, settings: Settings, concurrency: int | None, pool: str | None = None
+    queue: str, settings: Settings, concurrency: int | None, pool: str | None = None,
+    member: int | None = None,
 ) -> list[str]:
     policy = policy_for(queue)
+    node = queue if member is None else f"{queue}-{member}"
     return [
         # Quiet: no start-up banner printed around the logging pipeline (the first log
         # lines say what it said).
@@ -57,9 +60,10 @@ def _worker_argv(
         "worker",
         f"--queues={queue}",
         f"--pool={pool or policy.pool}",
-        f"--concurrency={concurrency or policy.concurrency}",
+        # A group member is one single-loop process: the group's size is its concurrency.
+        f"--concurrency={1 if member is not None else concurrency or policy.concurrency}",
         f"--prefetch-multiplier={policy.prefetch_multiplier}",
-        f"--hostname={queue}@%h",
+        f"--hostname={node}@%h",
         f"--loglevel={settings.log_level}",
         "--without-gossip",
         # Mingle asks the other workers for their revoked ids and waits a second for the
@@ -70,11 +74,36 @@ def _worker_argv(
 
 
 def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
+    policy = policy_for(options.queue)
+    pool = options.pool or policy.pool
+    concurrency = options.concurrency or policy.concurrency
+    if concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, not {concurrency}")
+    if options.member is not None:
+        return _run_worker(options, settings, pool, member=options.member)
+    if pool == "solo" and concurrency > 1:
+        return _run_worker_group(options, settings, concurrency)
+    return _run_worker(options, settings, pool, member=None)
+
+
+def _run_worker(options: argparse.Namespace, settings: Settings, pool: str,
+                member: int | None) -> int:
     from platform_tasks.observability import multiprocess_dir
 
-    # Before anything imports prometheus_client (the tasks do): pool processes must count
-    # into files the main process can merge.
-    metrics_dir = multiprocess_dir.prepare(settings)
+    if member is None:
+        # Before anything imports prometheus_client (the tasks do): pool processes must
+        # count into files the main process can merge.
+        metrics_dir: Path | None = multiprocess_dir.prepare(settings)
+    else:
+        # A group member counts into its supervisor's directory, which serves /metrics;
+        # emptying it here would erase the other members' counts.
+        from platform_tasks.worker_group import die_with_parent
+
+        die_with_parent(options.supervisor_pid)
+        metrics_dir = None
+        if not os.environ.get(multiprocess_dir.ENV_VAR):
+            raise UsageError("--member is for the worker group's supervisor to use: "
+                             f"{multiprocess_dir.ENV_VAR} is not set")
     from platform_tasks import heartbeat, worker_hooks
     from platform_tasks.app import create_app
     from platform_tasks.observability import worker_metrics
@@ -87,26 +116,70 @@ def cmd_worker(options: argparse.Namespace, settings: Settings) -> int:
     # SIGTERM's warm shutdown lets them finish, bounded by their hard time limit.
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
     worker_hooks.install(app)
+    if pool == "solo":
+        from platform_tasks import solo_limits
+
+        solo_limits.install()
     # The solo pool runs each task on the consumer loop itself: a long task is not a wedge.
-    heartbeat.install(settings, options.queue,
-                      watch_loop=(options.pool or policy.pool) != "solo")
+    heartbeat.install(settings, options.queue, watch_loop=pool != "solo", member=member)
     if settings.metrics_port:
         worker_metrics.connect_signals()
+        if member is None:
+            port = worker_metrics.start_worker_metrics(
+                options.queue, settings.metrics_host, settings.metrics_port
+            )
+            logging.getLogger(__name__).info(
+                "worker metrics on %s:%d/metrics", settings.metrics_host, port
+            )
+        else:
+            worker_metrics.start_group_member_metrics(options.queue)
+    route_worker_messages()
+    try:
+        app.worker_main(
+            _worker_argv(options.queue, settings, options.concurrency, pool, member)
+        )
+    finally:
+        if settings.metrics_dir is None and metrics_dir is not None:
+            multiprocess_dir.remove(metrics_dir)
+    return 0
+
+
+def _run_worker_group(options: argparse.Namespace, settings: Settings, size: int) -> int:
+    from platform_tasks.heartbeat import freshness_limit, liveness_file
+    from platform_tasks.observability import multiprocess_dir
+    from platform_tasks.worker_group import WorkerGroup
+
+    metrics_dir = multiprocess_dir.prepare(settings)
+    if settings.metrics_port:
+        from platform_tasks.observability import worker_metrics
+
         port = worker_metrics.start_worker_metrics(
             options.queue, settings.metrics_host, settings.metrics_port
         )
         logging.getLogger(__name__).info(
             "worker metrics on %s:%d/metrics", settings.metrics_host, port
         )
-    route_worker_messages()
-    try:
-        app.worker_main(
-        _worker_argv(options.queue, settings, options.concurrency, options.pool)
+    supervisor_pid = os.getpid()
+
+    def member_argv(index: int) -> list[str]:
+        argv = [sys.executable, "-m", "platform_tasks", "worker", "--queue", options.queue,
+                "--pool", "solo", "--member", str(index),
+                "--supervisor-pid", str(supervisor_pid)]
+        for module in options.include:
+            argv += ["--include", module]
+        return argv
+
+    group = WorkerGroup(
+        options.queue, size, member_argv,
+        lambda index: liveness_file(settings, options.queue, index),
+        liveness_file(settings, options.queue),
+        stale_after_seconds=3 * freshness_limit(settings),
     )
+    try:
+        return group.run()
     finally:
         if settings.metrics_dir is None:
             multiprocess_dir.remove(metrics_dir)
-    return 0
 
 
 def cmd_beat(options: argparse.Namespace, settings: Settings) -> int:
@@ -140,6 +213,7 @@ def cmd_health(options: argparse.Namespace, settings: Settings) -> int:
         freshness_limit,
         last_alive,
         last_seen,
+        last_seen_on_host,
         liveness_file,
         worker_hostname,
     )
@@ -149,9 +223,13 @@ def cmd_health(options: argparse.Namespace, settings: Settings) -> int:
         what = f"worker for queue {options.queue} (file {liveness_file(settings, options.queue)})"
         seen = last_alive(settings, options.queue)
     else:
-        hostname = options.hostname or worker_hostname(options.queue)
-        what = f"{hostname} on queue {options.queue}"
-        seen = last_seen(settings, options.queue, hostname)
+        if options.hostname:
+            what = f"{options.hostname} on queue {options.queue}"
+            seen = last_seen(settings, options.queue, options.hostname)
+        else:
+            what = (f"{worker_hostname(options.queue)} (or a member of its worker group) on "
+                    f"queue {options.queue}")
+            seen = last_seen_on_host(settings, options.queue)
     if seen is None:
         print(f"unhealthy: no heartbeat from {what}", file=sys.stderr)
         return 1
@@ -347,8 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=None,
                         help="override the queue's concurrency")
     worker.add_argument("--pool", choices=("prefork", "threads", "solo"), default=None,
-                        help="override the queue's pool (the thread pools enforce no time "
-                        "limits)")
+                        help="override the queue's pool (threads enforce no time limits; "
+                        "solo with a concurrency of N runs N single-loop processes)")
+    # Internal: how a worker group's supervisor starts its members.
+    worker.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)
+    worker.add_argument("--supervisor-pid", type=int, default=0, help=argparse.SUPPRESS)
     _add_include_option(worker)
     worker.set_defaults(handler=cmd_worker)
 

@@ -35,20 +35,38 @@ MISSED_BEATS = 3
 FORGET_AFTER_BEATS = 100
 
 
-def worker_hostname(queue: str, host: str | None = None) -> str:
-    """The node name ``platform-tasks worker`` gives itself (Celery's ``<queue>@%h``)."""
-    return f"{queue}@{host or socket.gethostname()}"
+def worker_hostname(queue: str, host: str | None = None, member: int | None = None) -> str:
+    """The node name ``platform-tasks worker`` gives itself (Celery's ``<queue>@%h``); a
+    worker group's members are ``<queue>-<member>@%h``."""
+    name = queue if member is None else f"{queue}-{member}"
+    return f"{name}@{host or socket.gethostname()}"
+
+
+def queue_of_node(hostname: str) -> str:
+    """The queue a worker's node name says it consumes: ``default-2@pod`` -> ``default``."""
+    name = hostname.rpartition("@")[0]
+    prefix, _, member = name.rpartition("-")
+    return prefix if prefix and member.isdigit() else name
+
+
+def _is_on_host(hostname: str, queue: str, host: str) -> bool:
+    return hostname.rpartition("@")[2] == host and queue_of_node(hostname) == queue
 
 
 def freshness_limit(settings: Settings) -> float:
     return MISSED_BEATS * settings.heartbeat_interval_seconds
 
 
-def liveness_file(settings: Settings, queue: str) -> Path:
-    """Where the worker of ``queue`` records each beat on local disk."""
+def liveness_file(settings: Settings, queue: str, member: int | None = None) -> Path:
+    """Where the worker of ``queue`` records each beat on local disk (a worker group's
+    member: its own file next to it, which the group's supervisor watches)."""
     if settings.heartbeat_file is not None:
-        return settings.heartbeat_file
-    return Path(tempfile.gettempdir()) / f"platform-tasks-{queue}.alive"
+        path = settings.heartbeat_file
+    else:
+        path = Path(tempfile.gettempdir()) / f"platform-tasks-{queue}.alive"
+    if member is None:
+        return path
+    return path.with_name(f"{path.stem}-{member}{path.suffix}")
 
 
 def last_alive(settings: Settings, queue: str) -> float | None:
@@ -63,13 +81,13 @@ class Heartbeat:
     """A daemon thread that keeps one worker's entry fresh until :meth:`stop`."""
 
     def __init__(self, settings: Settings, queue: str, hostname: str, *,
-                 watch_loop: bool = True) -> None:
+                 watch_loop: bool = True, member: int | None = None) -> None:
         self.settings = settings
         #: Whether a consumer loop that stopped turning stops the beats (not for the solo
         #: pool, whose loop runs each task itself and is legitimately busy that long).
         self.watch_loop = watch_loop
         self.key = keys.worker_heartbeats(queue)
-        self.file = liveness_file(settings, queue)
+        self.file = liveness_file(settings, queue, member)
         self.hostname = hostname
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,6 +159,22 @@ def last_seen(settings: Settings, queue: str, hostname: str) -> float | None:
     return None if score is None else float(score)
 
 
+def last_seen_on_host(settings: Settings, queue: str, host: str | None = None) -> float | None:
+    """The latest heartbeat on ``queue`` from this host's worker, or from any member of its
+    worker group; None when there is none."""
+    host = host or socket.gethostname()
+    client = connect(settings, retry=no_retry())
+    try:
+        entries: Any = client.zrange(
+            keys.worker_heartbeats(queue), 0, -1, withscores=True)
+    finally:
+        client.close()
+    scores = [float(score) for name, score in entries
+              if _is_on_host(name.decode() if isinstance(name, bytes) else str(name),
+                             queue, host)]
+    return max(scores, default=None)
+
+
 def live_consumers(client: Any, queue: str, settings: Settings, now: float) -> int:
     """Workers of ``queue`` whose heartbeat is fresh."""
     return int(client.zcount(keys.worker_heartbeats(queue), now - freshness_limit(settings),
@@ -150,13 +184,14 @@ def live_consumers(client: Any, queue: str, settings: Settings, now: float) -> i
 _heartbeat: Heartbeat | None = None
 
 
-def install(settings: Settings, queue: str, *, watch_loop: bool = True) -> None:
+def install(settings: Settings, queue: str, *, watch_loop: bool = True,
+            member: int | None = None) -> None:
     """Beat from the moment the worker consumes until it shuts down."""
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         global _heartbeat
-        hostname = str(getattr(sender, "hostname", None) or worker_hostname(queue))
-        _heartbeat = Heartbeat(settings, queue, hostname, watch_loop=watch_loop)
+        hostname = str(getattr(sender, "hostname", None) or worker_hostname(queue, None, member))
+        _heartbeat = Heartbeat(settings, queue, hostname, watch_loop=watch_loop, member=member)
         _heartbeat.start()
 
     def on_shutdown(**_: Any) -> None:

@@ -93,8 +93,15 @@ class QueuePolicy:
 
     @property
     def enforces_time_limits(self) -> bool:
-        """Celery enforces time limits only in the prefork pool; threads rely on I/O timeouts."""
-        return self.pool == "prefork"
+        """Celery enforces time limits in the prefork pool, the platform in the solo pool
+        (:mod:`platform_tasks.solo_limits`); threads rely on I/O timeouts."""
+        return self.pool != "threads"
+
+    @property
+    def worker_nodes(self) -> int:
+        """Celery workers (node names) one pod of this queue runs: a solo pool with a
+        concurrency of N is a group of N single-loop workers (platform_tasks.worker_group)."""
+        return self.concurrency if self.pool == "solo" else 1
 
 
 QUEUES: Mapping[QueueName, QueuePolicy] = MappingProxyType(
@@ -140,7 +147,9 @@ QUEUES: Mapping[QueueName, QueuePolicy] = MappingProxyType(
         ),
         QueueName.DEFAULT: QueuePolicy(
             name=QueueName.DEFAULT,
-            pool="prefork",
+            # Two single-loop processes, not a prefork parent handing every task to its
+            # children: on short tasks that parent is the bottleneck (docs/benchmarks.md).
+            pool="solo",
             concurrency=2,
             prefetch_multiplier=4,
             acks_late=True,

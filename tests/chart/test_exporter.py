@@ -300,22 +300,24 @@ def test_the_readiness_probe_reaches_the_broker(exporter: Exporter) -> None:
     assert exporter.stack.topology.password not in body
 
 
-def test_every_queue_has_a_length_and_one_live_worker(
+def test_every_queue_has_a_length_and_its_live_workers(
     exporter: Exporter, task_ids: dict[str, str]
 ) -> None:
     def every_queue() -> Samples | None:
         samples = exporter.scrape()
         seen = all(value(samples, "celery_queue_length", queue_name=queue) is not None
-                   and value(samples, "celery_active_worker_count", queue_name=queue) == 1
-                   for queue in QUEUE_NAMES)
+                   and value(samples, "celery_active_worker_count", queue_name=queue)
+                   == policy.worker_nodes
+                   for queue, policy in QUEUES.items())
         return samples if seen else None
 
     samples = exporter.eventually(every_queue, "a length and a worker for every queue")
     for queue, policy in QUEUES.items():
         assert value(samples, "celery_queue_length", queue_name=queue) == 0, queue
-        # It counts the pool's child processes: a threads pool has none, so email and
-        # payments show 0 however many threads they run.
-        processes = policy.concurrency if policy.pool == "prefork" else 0
+        # It counts the pool's processes: a threads pool has none, so email and payments
+        # show 0 however many threads they run; each solo worker of a group reports itself.
+        processes = {"prefork": policy.concurrency, "solo": policy.worker_nodes}.get(
+            policy.pool, 0)
         assert value(samples, "celery_active_process_count", queue_name=queue) == processes
     assert value(samples, "celery_worker_up", hostname=HOSTNAME) == 1
 

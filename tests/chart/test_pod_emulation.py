@@ -38,7 +38,7 @@ from pod_emulation import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from platform_tasks.queues import QUEUE_NAMES
+from platform_tasks.queues import QUEUE_NAMES, policy_for
 
 RELEASE = "platform-tasks"
 PLATFORM_IMAGE = "registry.example.com/platform-tasks"
@@ -249,19 +249,21 @@ def test_the_helm_test_pod_gets_every_queue_s_ping_back(emulated: Emulated) -> N
         assert [(o["state"], o["result"]) for o in outcomes] == [("SUCCESS", 3)], (name, log)
 
 
-def test_the_monitor_sees_one_consumer_per_queue_and_a_healthy_broker(
+def test_the_monitor_sees_each_queues_consumers_and_a_healthy_broker(
     emulated: Emulated,
 ) -> None:
     url = f"http://{emulated.monitor.ip}:{emulated.ports['monitor']}/metrics"
+    # One per worker pod, and one per member of a worker group (default's two).
+    expected = {queue: float(policy_for(queue).worker_nodes) for queue in QUEUE_NAMES}
     deadline = time.monotonic() + 15
     while True:
         samples = _metrics(url)
         consumers = {q: samples.get(("platform_tasks_queue_consumers", (("queue", q),)))
                      for q in QUEUE_NAMES}
-        if all(v == 1 for v in consumers.values()) or time.monotonic() > deadline:
+        if consumers == expected or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert consumers == dict.fromkeys(QUEUE_NAMES, 1.0)
+    assert consumers == expected
     assert samples[("platform_tasks_broker_up", ())] == 1
     assert samples[("platform_tasks_broker_connected_replicas", ())] == 2
     assert samples[("platform_tasks_sentinel_reachable_sentinels", ())] == 3

@@ -23,7 +23,9 @@ from platform_tasks import headers
 from platform_tasks.app import PUBLISH_RETRY_POLICY
 from platform_tasks.devstack.gateway import PaymentGatewayStub
 from platform_tasks.devstack.stack import DevStack
+from platform_tasks.heartbeat import queue_of_node
 from platform_tasks.producer import TaskProducer
+from platform_tasks.queues import policy_for
 
 ADD = "platform_tasks.default.add_numbers"
 SUM = "platform_tasks.default.sum_numbers"
@@ -107,7 +109,7 @@ def assert_context(
     assert line["task_id"] == task_id, line
     assert line["task_name"] == task_name, line
     assert line["queue"] == queue, line
-    assert line["worker"].startswith(f"{queue}@"), line
+    assert queue_of_node(line["worker"]) == queue, line
     assert line["correlation_id"] == correlation_id, line
     assert isinstance(line["retries"], int), line
     assert line["root_id"], line
@@ -237,9 +239,11 @@ def test_a_revoked_task_logs_task_revoked_once_and_never_starts(
     assert revoked["level"] == "warning"
     assert revoked["terminated"] is False
     assert revoked["expired"] is False
-    # Celery's "Discarding revoked task" is gone; its control command's receipt stays.
+    # Celery's "Discarding revoked task" is gone; its control command's receipt stays, once
+    # per worker that received the broadcast (each member of default's worker group).
     others = other_lines_about(stack, "default", task_id)
-    assert [line["logger"] for line in others] == ["celery.worker.control"], others
+    assert [line["logger"] for line in others] == (
+        ["celery.worker.control"] * policy_for("default").worker_nodes), others
 
 
 # -- rejected --------------------------------------------------------------------------------
@@ -308,7 +312,7 @@ def test_a_message_no_worker_can_run_logs_task_rejected_once(
     assert rejected["task_id"] == task_id
     assert rejected["task_name"] == task_name
     assert rejected["queue"] == "default"
-    assert rejected["worker"].startswith("default@")
+    assert queue_of_node(rejected["worker"]) == "default"
     assert reason in rejected["reason"]
     # Celery's own report of the message (with its body and a traceback) is not logged too.
     assert other_lines_about(stack, "default", task_id) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -18,8 +19,9 @@ from PIL import Image
 
 from platform_tasks.devstack.ports import LOOPBACK
 from platform_tasks.devstack.stack import DevStack
+from platform_tasks.heartbeat import queue_of_node
 from platform_tasks.producer import TaskProducer
-from platform_tasks.queues import QUEUE_NAMES
+from platform_tasks.queues import QUEUE_NAMES, policy_for
 
 #: Generous: two cores, and Flower learns about workers and tasks asynchronously.
 DEADLINE = 60.0
@@ -108,13 +110,15 @@ def test_flowers_api_shows_a_worker_per_queue_and_the_tasks_they_ran(
         if status != 200:
             return None
         listed: dict[str, Any] = json.loads(body)
-        seen = {name.partition("@")[0] for name in listed}
+        seen = {queue_of_node(name) for name in listed}
         return listed if set(QUEUE_NAMES) <= seen else None
 
     listed = eventually(workers, "a worker of every queue in /api/workers", dev_stack)
     for queue in QUEUE_NAMES:
-        [name] = [name for name in listed if name.startswith(f"{queue}@")]
-        assert listed[name]["active_queues"][0]["name"] == queue, listed[name]
+        names = [name for name in listed if queue_of_node(name) == queue]
+        assert len(names) == policy_for(queue).worker_nodes, names
+        for name in names:
+            assert listed[name]["active_queues"][0]["name"] == queue, listed[name]
 
     def tasks() -> dict[str, Any] | None:
         status, body = get(dev_stack, "/api/tasks", auth)
@@ -127,7 +131,7 @@ def test_flowers_api_shows_a_worker_per_queue_and_the_tasks_they_ran(
 
     known = eventually(tasks, "every task as SUCCESS in /api/tasks", dev_stack)
     for queue, task_id in task_ids.items():
-        assert known[task_id]["worker"].startswith(f"{queue}@"), known[task_id]
+        assert queue_of_node(known[task_id]["worker"]) == queue, known[task_id]
         assert known[task_id]["routing_key"] == queue, known[task_id]
 
 
@@ -153,7 +157,8 @@ def test_flowers_metrics_count_the_task_events_of_every_queue(
         succeeded = [line for line in text.splitlines()
                      if line.startswith("flower_events_total{") and "task-succeeded" in line]
         queues = {queue for queue in QUEUE_NAMES
-                  for line in succeeded if f'worker="{queue}@' in line}
+                  for line in succeeded
+                  if re.search(f'worker="{queue}(-[0-9]+)?@', line)}
         return text if queues == set(QUEUE_NAMES) else None
 
     text = eventually(metrics, "task-succeeded events of every queue in /metrics", dev_stack)

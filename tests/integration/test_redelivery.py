@@ -118,12 +118,12 @@ def test_a_task_longer_than_the_visibility_timeout_runs_once(
     settings: Settings, broker: redis.Redis, start_worker: Callable[..., ManagedProcess]
 ) -> None:
     marker = uuid.uuid4().hex
-    start_worker("holder", "--concurrency", "1")
+    start_worker("holder", "--pool", "prefork", "--concurrency", "1")
     send(settings, redelivery_tasks.SLEEP, marker, 3 * VISIBILITY_TIMEOUT)
     wait_until(lambda: len(runs(broker, marker)) == 1, 30, "the first run")
     # A second worker sweeps for expired messages every second: without the heartbeat it
     # would take the running task over after VISIBILITY_TIMEOUT seconds.
-    start_worker("sweeper", "--concurrency", "1")
+    start_worker("sweeper", "--pool", "prefork", "--concurrency", "1")
     wait_until(lambda: unacked_count(broker) == 0, 6 * VISIBILITY_TIMEOUT, "the ack")
     assert len(runs(broker, marker)) == 1
 
@@ -132,14 +132,14 @@ def test_the_messages_of_a_killed_worker_come_back_after_the_timeout(
     settings: Settings, broker: redis.Redis, start_worker: Callable[..., ManagedProcess]
 ) -> None:
     marker = uuid.uuid4().hex
-    doomed = start_worker("doomed", "--concurrency", "1")
+    doomed = start_worker("doomed", "--pool", "prefork", "--concurrency", "1")
     send(settings, redelivery_tasks.SLEEP, marker, 2.0 * VISIBILITY_TIMEOUT)
     wait_until(lambda: len(runs(broker, marker)) == 1, 30, "the first run")
     assert doomed.pid is not None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(doomed.pid, signal.SIGKILL)  # the worker and its pool process, no goodbye
     killed_at = time.time()
-    start_worker("survivor", "--concurrency", "1")
+    start_worker("survivor", "--pool", "prefork", "--concurrency", "1")
     wait_until(lambda: len(runs(broker, marker)) == 2, 4 * VISIBILITY_TIMEOUT, "the rerun")
     rerun_at = runs(broker, marker)[1][1]
     # Back after the timeout (counted from the last refresh), plus a sweep and a start.
@@ -150,7 +150,7 @@ def test_a_task_that_kills_its_process_every_time_is_dead_lettered(
     settings: Settings, broker: redis.Redis, start_worker: Callable[..., ManagedProcess]
 ) -> None:
     marker = uuid.uuid4().hex
-    start_worker("crashy", "--concurrency", "1")
+    start_worker("crashy", "--pool", "prefork", "--concurrency", "1")
     task_id = send(settings, redelivery_tasks.CRASH, marker)
 
     def dead_lettered() -> list[dict[str, Any]]:

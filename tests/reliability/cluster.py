@@ -130,11 +130,12 @@ class Cluster:
             self.wait_ready(process)
 
     def wait_ready(self, process: ManagedProcess, timeout: float = 60.0) -> None:
-        """Wait until the process's current run reported ready in the ledger."""
+        """Wait until the process's current run reported ready in the ledger (a worker
+        group: every member it started)."""
         deadline = time.monotonic() + timeout
         while True:
             pid = process.pid
-            if pid is not None and self.ledger.is_ready(pid):
+            if pid is not None and self._ready(pid):
                 return
             if not process.alive:
                 raise ClusterError(f"{process.name} exited with {process.returncode}; "
@@ -143,6 +144,16 @@ class Cluster:
                 raise ClusterError(f"{process.name} not ready in {timeout:g}s; "
                                    f"see {process.log_path}")
             time.sleep(0.1)
+
+    def _ready(self, pid: int) -> bool:
+        if self.ledger.is_ready(pid):
+            return True
+        # A worker group's supervisor is not a Celery worker; its members report.
+        try:
+            members = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return False
+        return bool(members) and all(self.ledger.is_ready(int(member)) for member in members)
 
     def kill(self, process: ManagedProcess, sig: int = signal.SIGKILL) -> None:
         """Signal ``process`` and every process of its group: a container killed whole."""

@@ -10,6 +10,7 @@ import os
 import secrets
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from platform_tasks.devstack.ports import LOOPBACK, free_port
 from platform_tasks.devstack.processes import ManagedProcess, Supervisor
 from platform_tasks.devstack.smtp_sink import SmtpSink
 from platform_tasks.devstack.topology import SentinelTopology
-from platform_tasks.queues import QUEUE_NAMES
+from platform_tasks.heartbeat import queue_of_node
+from platform_tasks.queues import QUEUE_NAMES, policy_for
 from platform_tasks.settings import Settings, load_settings
 
 #: Inherited variables that would contradict the stack's own broker (settings refuse a
@@ -244,9 +246,10 @@ class DevStack(Service):
                         )
                 replies = app.control.ping(timeout=1.0) or []
                 hostnames = {str(name) for reply in replies for name in reply}
+                answered = Counter(queue_of_node(name) for name in hostnames)
                 missing = [
                     queue for queue in self.queues
-                    if not any(name.startswith(f"{queue}@") for name in hostnames)
+                    if answered[queue] < policy_for(queue).worker_nodes
                 ]
                 if not missing:
                     return

@@ -108,7 +108,8 @@ WORKER_START_TIME = MetricSpec(
 )
 POOL_PROCESS_STARTS = MetricSpec(
     "platform_tasks_pool_process_starts_total", "counter", Source.WORKER, ("queue",),
-    "Prefork pool processes started (a replacement after a crash or time limit counts too).",
+    "Pool processes started: prefork children, and the single-loop processes of a worker "
+    "group (a replacement after a crash or time limit counts too).",
 )
 
 # -- served by the singleton monitor ------------------------------------------------------

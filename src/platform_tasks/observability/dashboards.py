@@ -452,7 +452,7 @@ def _drilldown() -> _Dashboard:
     m = QUEUE_MATCHER
     runs = _series(catalog.TASK_RUNTIME, "_count", m)
     threads_queues = ", ".join(
-        str(name) for name, policy in QUEUES.items() if policy.pool != "prefork"
+        str(name) for name, policy in QUEUES.items() if policy.pool == "threads"
     )
     rows = (
         _Row("Is work flowing", (
@@ -618,8 +618,9 @@ def _drilldown() -> _Dashboard:
             ),
             _Panel(
                 "Pool process starts by pod",
-                "Prefork pool processes started per second: the first start, then a "
-                "replacement after a crash or a hard time limit. Queues with a threads pool "
+                "Pool processes (prefork children, a worker group's single-loop workers) "
+                "started per second: the first start, then a replacement after a crash or a "
+                "hard time limit. Queues with a threads pool "
                 f"({threads_queues}) never start any.",
                 (_Target(
                     f"sum by (instance) "

@@ -324,6 +324,17 @@ class _LiveProcessesCollector:
         return metrics
 
 
+def start_group_member_metrics(queue: str) -> None:
+    """Label a worker group member's series with ``queue``.
+
+    Its supervisor serves /metrics from the directory every member writes to. The solo pool
+    sends ``worker_process_init`` as it starts, so each member's start (a replacement too)
+    counts as a pool process start, as a prefork child's does.
+    """
+    global _worker_queue
+    _worker_queue = queue
+
+
 def start_worker_metrics(queue: str, host: str, port: int) -> int:
     """Label this worker's series with ``queue``, mark its start, serve /metrics on ``port``.
 
