@@ -11,7 +11,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -424,8 +423,10 @@ class TaskProducer:
         task_ids = [item.task_id for item in checked]
         done = 0
         try:
-            for published in self._publish_batches(task_name, queue, checked, batch_size):
-                done += published
+            for start in range(0, len(checked), batch_size):
+                batch = checked[start:start + batch_size]
+                self._publish_batch(task_name, queue, batch)
+                done += len(batch)
         except BaseException as error:
             if done == 0 or not isinstance(error, Exception):
                 raise
@@ -476,63 +477,15 @@ class TaskProducer:
             ))
         return checked
 
-    def _publish_batches(self, task_name: str, queue: str, checked: list[_Checked],
-                         batch_size: int) -> Iterator[int]:
-        """Publish ``checked`` ``batch_size`` at a time, in order; yields each batch's size
-        once it is written (and confirmed).
-
-        A batch is written on a second thread while the next one is built here: the write
-        mostly waits on Redis (and the replica's confirmation), the build is Python. At most
-        one batch is in flight, so the order on the queue is the items' order and a failure
-        stops everything after the batch that failed.
-        """
-        batches = [checked[start:start + batch_size]
-                   for start in range(0, len(checked), batch_size)]
-        if len(batches) == 1:
-            self._write_prepared(queue, self._prepare_batch(task_name, queue, batches[0]))
-            yield len(batches[0])
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue-many") as writer:
-            in_flight: tuple[Future[None], int] | None = None
-            for batch in batches:
-                try:
-                    prepared = self._prepare_batch(task_name, queue, batch)
-                except BaseException:
-                    # The batch before this one still counts once it has landed.
-                    if in_flight is not None:
-                        in_flight[0].result()
-                        yield in_flight[1]
-                    raise
-                if in_flight is not None:
-                    in_flight[0].result()
-                    yield in_flight[1]
-                in_flight = (writer.submit(self._write_prepared, queue, prepared), len(batch))
-            if in_flight is not None:
-                in_flight[0].result()
-                yield in_flight[1]
-
-    def _prepare_batch(self, task_name: str, queue: str,
-                       batch: list[_Checked]) -> tuple[set[str], list[batch_publish.Command]]:
-        """Claim ``batch``'s idempotency keys and build its commands (none when every item
-        was published before)."""
+    def _publish_batch(self, task_name: str, queue: str, batch: list[_Checked]) -> None:
+        """Publish ``batch`` in one transaction, after claiming its idempotency keys."""
         claimed = self._claim_many([item for item in batch if item.dedup_key is not None])
         to_send = [item for item in batch
                    if item.idempotency_key is None or item.dedup_key in claimed]
         if not to_send:
-            return claimed, []
-        try:
-            return claimed, self._build(task_name, queue, to_send)
-        except BaseException:
-            self._release(claimed)
-            raise
-
-    def _write_prepared(self, queue: str,
-                        prepared: tuple[set[str], list[batch_publish.Command]]) -> None:
-        """Write one prepared batch in one transaction, then mark its keys published."""
-        claimed, commands = prepared
-        if not commands:
             return
         try:
+            commands = self._build(task_name, queue, to_send)
             if self._confirms(queue):
                 self._write_confirmed(queue, commands)
             else:
