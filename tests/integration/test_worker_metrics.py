@@ -64,10 +64,17 @@ def test_tasks_run_in_pool_processes_are_counted_by_the_main_process(
         for task_id in ids:
             assert producer.wait(task_id, 60).state == "SUCCESS"
 
-    samples = scrape(url)
     labels = {"queue": "default", "task": ADD}
-    assert value(samples, f"{catalog.TASK_RUNTIME.name}_count", **labels,
-                 outcome="succeeded") == before + 12
+    # Each process writes its per-task metrics once a second (metric_buffer).
+    deadline = time.monotonic() + 10
+    while True:
+        samples = scrape(url)
+        counted = value(samples, f"{catalog.TASK_RUNTIME.name}_count", **labels,
+                        outcome="succeeded")
+        if counted == before + 12 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counted == before + 12
     waited = value(samples, f"{catalog.TASK_WAIT.name}_count", **labels)
     assert waited is not None
     assert waited >= 12

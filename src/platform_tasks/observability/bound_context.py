@@ -34,6 +34,34 @@ def merge(logger: Any, method_name: str,
     return event_dict
 
 
+def names() -> set[str]:
+    """The keys bound in this context right now."""
+    if _REGISTRY is None:
+        return set(structlog_contextvars.get_contextvars())
+    return {name[len(_PREFIX):] for name, variable in list(_REGISTRY.items())
+            if variable.get(Ellipsis) is not Ellipsis}
+
+
+_only_cache: dict[frozenset[str], tuple[int, bool]] = {}
+
+
+def bound_only(allowed: frozenset[str]) -> bool:
+    """Whether nothing but keys in ``allowed`` is bound in this context.
+
+    structlog creates a variable per key the first time any code binds it; while every
+    variable it ever created is for an allowed key, the answer is yes without reading them.
+    """
+    if _REGISTRY is None:
+        return not (names() - allowed)
+    size = len(_REGISTRY)
+    cached = _only_cache.get(allowed)
+    if cached is None or cached[0] != size:
+        prefix_length = len(_PREFIX)
+        cached = (size, all(name[prefix_length:] in allowed for name in list(_REGISTRY)))
+        _only_cache[allowed] = cached
+    return cached[1] or not (names() - allowed)
+
+
 def clear() -> None:
     """Unbind everything ``bind_contextvars`` bound in this context."""
     if _REGISTRY is None:

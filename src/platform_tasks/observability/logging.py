@@ -274,6 +274,8 @@ class _Pipeline:
     level: int
     processors: tuple[Processor, ...]
     writers: _LineWriterFactory
+    #: The JSON pipeline's redactor; None for the console renderer (no fragments there).
+    redactor: Redactor | None = None
 
 
 _pipeline: _Pipeline | None = None
@@ -300,6 +302,77 @@ def emit(logger_name: str, method: str, event: str, fields: dict[str, Any]) -> N
     for processor in pipeline.processors:
         rendered = processor(writer, method, rendered)
     writer.msg(rendered)
+
+
+def encode_fields(fields: dict[str, Any]) -> str | None:
+    """``fields`` redacted and JSON-encoded as they appear inside a line (no braces), for
+    :func:`emit_with_fields`; None when lines are not JSON (the console renderer).
+
+    A task's identity goes on each of its lifecycle lines: redacting and encoding it once per
+    task instead of once per line is most of what those lines cost. ``fields`` is consumed.
+    """
+    pipeline = _pipeline
+    if pipeline is None or pipeline.redactor is None or pipeline.level > logging.INFO:
+        return None
+    return _ENCODER.encode(pipeline.redactor(None, "info", fields))[1:-1]
+
+
+def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
+                     names: frozenset[str], extra: dict[str, Any] | None = None, *,
+                     fields_first: bool = False) -> bool:
+    """Write the line :func:`emit` would write for ``event`` with the fields that
+    :func:`encode_fields` turned into ``encoded`` (``names``: their keys), plus ``extra``
+    (numbers and other values needing no redaction), bound context included.
+
+    Only when that is all the line would hold: if anything else is bound in the context
+    (the task bound its own fields), nothing is written and False returned, so the caller
+    takes :func:`emit`. Same keys, same order, same bytes: ``fields_first`` when :func:`emit`
+    was given the fields themselves (they come before the event), not a bound context.
+    """
+    pipeline = _pipeline
+    if pipeline is None or _LEVELS[method.upper()] < pipeline.level:
+        return True
+    if not bound_context.bound_only(names):
+        return False
+    event_part, tail = _line_parts(logger_name, method, event, fields_first)
+    head = encoded + event_part if fields_first else event_part + encoded
+    if extra:
+        head = _ENCODER.encode(extra)[1:-1] + ", " + head
+    pipeline.writers(logger_name).msg("{" + head + tail + _clock.now() + _line_end())
+    return True
+
+
+_end: tuple[int, str, str] = (0, "", "")
+
+
+def _line_end() -> str:
+    """What follows the timestamp's value: the process name and the pid (read per line, as
+    a prefork child shares its parent's configuration), encoded once per process."""
+    global _end
+    pid = os.getpid()
+    if _end[0] != pid or _end[1] != _process_name:
+        _end = (pid, _process_name,
+                f'", "process": {_ENCODER.encode(_process_name)}, "pid": {pid}}}')
+    return _end[2]
+
+
+_PARTS: dict[tuple[str, str, str, bool], tuple[str, str]] = {}
+
+
+def _line_parts(logger_name: str, method: str, event: str,
+                fields_first: bool) -> tuple[str, str]:
+    """The constant pieces of a spliced line: the event (before or after the fields) and
+    what follows the fields up to the timestamp's value."""
+    key = (logger_name, method, event, fields_first)
+    parts = _PARTS.get(key)
+    if parts is None:
+        encoded_event = _ENCODER.encode(event)
+        event_part = (', "event": ' + encoded_event if fields_first
+                      else '"event": ' + encoded_event + ", ")
+        tail = (', "level": "' + _LEVEL_OF_METHOD.get(method, method) + '", "logger": '
+                + _ENCODER.encode(logger_name) + ', "timestamp": "')
+        parts = _PARTS[key] = (event_part, tail)
+    return parts
 
 
 def configure_logging(
@@ -341,7 +414,10 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[chosen_level]),
         cache_logger_on_first_use=True,
     )
-    _pipeline = _Pipeline(_LEVELS[chosen_level], tuple(processors), writers)
+    json_redactor = None
+    if chosen_format == "json":
+        json_redactor = next(item for item in final if isinstance(item, Redactor))
+    _pipeline = _Pipeline(_LEVELS[chosen_level], tuple(processors), writers, json_redactor)
 
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -18,7 +18,7 @@ from celery import signals
 
 from platform_tasks import headers
 from platform_tasks.observability import bound_context
-from platform_tasks.observability.logging import emit
+from platform_tasks.observability.logging import emit, emit_with_fields, encode_fields
 
 _LOGGER = "platform_tasks.task"
 logger = structlog.get_logger(_LOGGER)
@@ -68,25 +68,64 @@ def request_fields(request: Any, task_name: str | None = None) -> dict[str, Any]
     }
 
 
+#: The names request_fields returns.
+_FIELD_NAMES = frozenset(
+    ("task_id", "task_name", "queue", "retries", "worker", "correlation_id", "parent_id",
+     "root_id")
+)
+
+#: task id -> its identity fields, redacted and encoded once for all its lifecycle lines.
+_encoded: dict[str, str] = {}
+
+
+#: task id -> (identity, encoded) from its task_received line, for its task_started line
+#: when both happen in this process (solo and thread pools). Bounded: a prefork parent
+#: receives tasks its children start.
+_received: dict[str, tuple[dict[str, Any], str]] = {}
+_RECEIVED_KEPT = 256
+
+
 def _on_received(request: Any = None, **_: Any) -> None:
-    if request is not None:
-        emit(_LOGGER, "info", "task_received",
-             request_fields(request, getattr(request, "name", None)))
+    if request is None:
+        return
+    fields = request_fields(request, getattr(request, "name", None))
+    encoded = encode_fields(dict(fields))
+    if encoded is None or not emit_with_fields(_LOGGER, "info", "task_received", encoded,
+                                               _FIELD_NAMES, fields_first=True):
+        emit(_LOGGER, "info", "task_received", fields)
+        return
+    if len(_received) >= _RECEIVED_KEPT:
+        _received.clear()
+    _received[str(fields["task_id"])] = (fields, encoded)
+
+
+def _encoded_identity(task_id: str | None, fields: dict[str, Any]) -> str | None:
+    kept = _received.pop(task_id, None) if task_id is not None else None
+    if kept is not None and kept[0] == fields:
+        return kept[1]
+    return encode_fields(dict(fields))
 
 
 def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None:
         return
     bound_context.clear()
-    structlog.contextvars.bind_contextvars(**request_fields(task.request, task.name))
+    fields = request_fields(task.request, task.name)
+    structlog.contextvars.bind_contextvars(**fields)
+    encoded = _encoded_identity(task_id, fields)
     if task_id is not None:
         _started[task_id] = time.monotonic()
-    emit(_LOGGER, "info", "task_started", {})
+        if encoded is not None:
+            _encoded[task_id] = encoded
+    if encoded is None or not emit_with_fields(_LOGGER, "info", "task_started", encoded,
+                                               _FIELD_NAMES):
+        emit(_LOGGER, "info", "task_started", {})
 
 
 def _on_postrun(task_id: str | None = None, **_: Any) -> None:
     if task_id is not None:
         _started.pop(task_id, None)
+        _encoded.pop(task_id, None)
     bound_context.clear()
 
 
@@ -99,7 +138,11 @@ def _runtime_ms(task_id: str | None) -> float | None:
 
 def _on_success(sender: Any = None, **_: Any) -> None:
     task_id = getattr(getattr(sender, "request", None), "id", None)
-    emit(_LOGGER, "info", "task_succeeded", {"runtime_ms": _runtime_ms(task_id)})
+    fields = {"runtime_ms": _runtime_ms(task_id)}
+    encoded = _encoded.get(task_id) if task_id is not None else None
+    if encoded is None or not emit_with_fields(_LOGGER, "info", "task_succeeded", encoded,
+                                               _FIELD_NAMES, fields):
+        emit(_LOGGER, "info", "task_succeeded", fields)
 
 
 def _on_retry(request: Any = None, reason: Any = None, **_: Any) -> None:

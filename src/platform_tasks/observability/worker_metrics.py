@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from platform_tasks import headers
-from platform_tasks.observability import catalog
+from platform_tasks.observability import catalog, metric_buffer
 from platform_tasks.observability.catalog import MetricSpec
 from platform_tasks.observability.multiprocess_dir import ENV_VAR
 
@@ -140,8 +140,9 @@ def _guarded(what: str, function: Any, *args: Any, **kwargs: Any) -> None:
 # -- signal handlers ---------------------------------------------------------------------
 
 
-#: (metric, labels) -> its labelled child: ``labels()`` validates and locks on every call,
-#: and the per-task handlers below make four such calls for the same few combinations.
+#: (metric, labels) -> its labelled child, buffered: ``labels()`` validates and locks on
+#: every call, and each update of a child writes to a memory-mapped file; the per-task
+#: handlers below make six updates per task for the same few combinations.
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
@@ -149,7 +150,11 @@ def _child(metric: Any, *labels: str) -> Any:
     key = (id(metric), labels)
     child = _children.get(key)
     if child is None:
-        child = _children[key] = metric.labels(*labels)
+        labelled = metric.labels(*labels)
+        child = _children[key] = (
+            metric_buffer.BufferedHistogram(labelled) if isinstance(metric, Histogram)
+            else metric_buffer.BufferedValue(labelled)
+        )
     return child
 
 
@@ -232,6 +237,11 @@ def _pool_process_init(**_: Any) -> None:
         _server.socket.close()
 
 
+def _write_buffered(**_: Any) -> None:
+    # A prefork child leaves by os._exit, which runs no atexit hook.
+    metric_buffer.flush()
+
+
 def _guard(what: str, handler: Any) -> Any:
     def receiver(*args: Any, **kwargs: Any) -> None:
         _guarded(what, handler, *args, **kwargs)
@@ -249,6 +259,8 @@ _RECEIVERS: tuple[tuple[Any, Any], ...] = (
     (signals.task_rejected, _rejected),
     (signals.task_revoked, _revoked),
     (signals.worker_process_init, _pool_process_init),
+    (signals.worker_process_shutdown, _write_buffered),
+    (signals.worker_shutdown, _write_buffered),
 )
 
 

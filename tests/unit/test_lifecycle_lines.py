@@ -1,0 +1,70 @@
+"""The lifecycle lines written from a task's pre-encoded identity are the pipeline's lines.
+
+``task_context`` redacts and encodes a task's identity once and splices it into its
+received/started/succeeded lines; each must be byte for byte what the full pipeline writes
+(the timestamp aside), redaction included, and a task that binds its own context must still
+see it on the line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+PROGRAM = textwrap.dedent(
+    """
+    import structlog
+    from platform_tasks.observability import bound_context
+    from platform_tasks.observability.logging import (
+        configure_logging, emit, emit_with_fields, encode_fields)
+    from platform_tasks.observability.task_context import _FIELD_NAMES
+    from platform_tasks.settings import load_settings
+
+    configure_logging(load_settings(), process="worker")
+
+    def identity():
+        return {"task_id": "t-1", "task_name": "platform_tasks.default.add_numbers",
+                "queue": "default", "retries": 2, "worker": "default-1@pod",
+                "correlation_id": "order for ann@example.com", "parent_id": None,
+                "root_id": "r-1"}
+
+    # received: the fields themselves, before the event
+    emit("platform_tasks.task", "info", "task_received", identity())
+    assert emit_with_fields("platform_tasks.task", "info", "task_received",
+                            encode_fields(identity()), _FIELD_NAMES, fields_first=True)
+    # started / succeeded: the identity bound in the context
+    structlog.contextvars.bind_contextvars(**identity())
+    encoded = encode_fields(identity())
+    emit("platform_tasks.task", "info", "task_started", {})
+    assert emit_with_fields("platform_tasks.task", "info", "task_started", encoded,
+                            _FIELD_NAMES)
+    emit("platform_tasks.task", "info", "task_succeeded", {"runtime_ms": 1.5})
+    assert emit_with_fields("platform_tasks.task", "info", "task_succeeded", encoded,
+                            _FIELD_NAMES, {"runtime_ms": 1.5})
+    # a task that bound a field of its own: no shortcut, the caller logs the long way
+    structlog.contextvars.bind_contextvars(order="o-7")
+    assert not emit_with_fields("platform_tasks.task", "info", "task_succeeded", encoded,
+                                _FIELD_NAMES, {"runtime_ms": 1.5})
+    bound_context.clear()
+    """
+)
+
+ENV = {"PLATFORM_TASKS_REDIS_URL": "redis://127.0.0.1:1/0", "PLATFORM_TASKS_LOG_FORMAT": "json"}
+
+
+def test_spliced_lines_equal_the_pipelines_own() -> None:
+    done = subprocess.run([sys.executable, "-c", PROGRAM], env=ENV, capture_output=True,
+                          text=True, timeout=60, check=True)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6, done.stdout + done.stderr
+    for slow, fast in zip(lines[::2], lines[1::2], strict=True):
+        slow_line, fast_line = json.loads(slow), json.loads(fast)
+        assert list(slow_line) == list(fast_line)  # the same keys in the same order
+        slow_line.pop("timestamp")
+        fast_line.pop("timestamp")
+        assert slow_line == fast_line
+        assert slow.split('"timestamp"')[0] == fast.split('"timestamp"')[0]
+    assert "ann@example.com" not in done.stdout
+    assert json.loads(lines[1])["correlation_id"] != "order for ann@example.com"
