@@ -99,6 +99,9 @@ def _run_worker(options: argparse.Namespace, settings: Settings, pool: str,
         # emptying it here would erase the other members' counts.
         from platform_tasks.worker_group import die_with_parent
 
+        if options.supervisor_pid <= 0:
+            raise UsageError("--member is for the worker group's supervisor to use: it needs "
+                             "--supervisor-pid")
         die_with_parent(options.supervisor_pid)
         metrics_dir = None
         if not os.environ.get(multiprocess_dir.ENV_VAR):

@@ -330,7 +330,9 @@ def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
     was given the fields themselves (they come before the event), not a bound context.
     """
     pipeline = _pipeline
-    if pipeline is None or _LEVELS[method.upper()] < pipeline.level:
+    if pipeline is None:
+        return False  # not configured: structlog's own defaults, through emit()
+    if _LEVELS[method.upper()] < pipeline.level:
         return True
     if not bound_context.bound_only(names):
         return False
