@@ -41,6 +41,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from platform_tasks import consumer_loop, fetch_script, redeliveries
+from platform_tasks.observability import held_lines
 from platform_tasks.visibility import VisibilityHeartbeat, refresh_interval
 
 logger = logging.getLogger(__name__)
@@ -559,6 +560,8 @@ class _BatchesAcks:
 
         loop.on_tick.add(flush_acks)
         loop.on_tick.add(consumer_loop.turned)
+        # Lifecycle lines held to share a write (solo pool) go out once per turn at the latest.
+        loop.on_tick.add(held_lines.flush)
         self.batch_acks = True
 
 

@@ -121,8 +121,11 @@ def _run_worker(options: argparse.Namespace, settings: Settings, pool: str,
     worker_hooks.install(app)
     if pool == "solo":
         from platform_tasks import solo_limits
+        from platform_tasks.observability import held_lines
 
         solo_limits.install()
+        # Tasks run on the consumer loop's own thread, which flushes held lines every turn.
+        held_lines.enable()
     # The solo pool runs each task on the consumer loop itself: a long task is not a wedge.
     heartbeat.install(settings, options.queue, watch_loop=pool != "solo", member=member)
     if settings.metrics_port:

@@ -68,3 +68,50 @@ def test_spliced_lines_equal_the_pipelines_own() -> None:
         assert slow.split('"timestamp"')[0] == fast.split('"timestamp"')[0]
     assert "ann@example.com" not in done.stdout
     assert json.loads(lines[1])["correlation_id"] != "order for ann@example.com"
+
+
+SAMPLE_VALUES: list[object] = [
+    None, 0, 7, -3, 2**70, "", "default", "platform_tasks.default.add_numbers",
+    "default-1@pod-7f9", "ann@example.com", "order for ann@example.com",
+    "4111 1111 1111 1111", "redis://app:pa55word@h:6379/0", "s3cr3t-passw0rd in here",
+    "quote \" and backslash \\", "naïve ünïcode ✓", "tab\there\nnewline",
+    "12345678-1234-1234-1234-123456789012", "deadbeef-dead-beef-dead-beefdeadbeef",
+    "0f0f0f0f-1111-2222-3333-444455556666", "0F0F0F0F-1111-2222-3333-44445555666G",
+]
+SAMPLE_KEYS = ["task_id", "task_name", "queue", "retries", "worker", "correlation_id",
+               "parent_id", "root_id", "token", "email", "hostname", "level"]
+
+
+def test_identity_fields_encode_as_the_redactor_and_encoder_would() -> None:
+    import random
+
+    from platform_tasks.observability.logging import _encode_flat, _encode_plain_fields
+    from platform_tasks.observability.redaction import Redactor
+
+    chooser = random.Random(20261201)
+    # No secret that could hide in a UUID, then one that can (the UUIDs take the long way).
+    for secrets in (("s3cr3t-passw0rd",), ("s3cr3t-passw0rd", "dead-beef")):
+        fast_redactor, slow_redactor = Redactor(secrets), Redactor(secrets)
+        fragments: dict[tuple[str, str], str] = {}
+        for _ in range(3000):
+            keys = chooser.sample(SAMPLE_KEYS, chooser.randint(1, 8))
+            fields = {key: chooser.choice(SAMPLE_VALUES) for key in keys}
+            expected = _encode_flat(slow_redactor(None, "info", dict(fields)))[1:-1]
+            assert _encode_plain_fields(fast_redactor, fragments, dict(fields)) == expected
+
+
+def test_other_values_are_left_to_the_general_way() -> None:
+    from platform_tasks.observability.logging import _encode_plain_fields
+    from platform_tasks.observability.redaction import Redactor
+
+    for value in (True, 1.5, ["a"], {"a": 1}):
+        assert _encode_plain_fields(Redactor(), {}, {"correlation_id": value}) is None
+
+
+def test_numbers_on_a_line_encode_as_json_would() -> None:
+    from platform_tasks.observability.logging import _encode_flat, _encode_numbers
+
+    for value in (0.0, 1.5, -2.25, 1e-7, 123456789.123, 1e300, 3, 0, None, True,
+                  float("nan"), float("inf"), float("-inf"), "text"):
+        extra = {"runtime_ms": value, "other": 2}
+        assert _encode_numbers(extra) == _encode_flat(extra)[1:-1]

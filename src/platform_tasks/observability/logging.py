@@ -11,19 +11,19 @@ import contextlib
 import json
 import logging
 import os
-import select
 import sys
 import time
-from collections.abc import MutableMapping
-from dataclasses import dataclass
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import Processor
 
-from platform_tasks.observability import bound_context
-from platform_tasks.observability.redaction import Redactor
+from platform_tasks.observability import bound_context, held_lines
+from platform_tasks.observability.redaction import Redactor, is_secret_key
 from platform_tasks.settings import LogFormat, LogLevel, Settings
 
 #: Marks the handler this module installs, so a second call replaces it instead of adding one.
@@ -112,7 +112,8 @@ class _UtcClock:
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        # %d truncates the float as int() would, at half the cost of an f-string with int().
+        return "%s.%06dZ" % (self._prefix, (now - second) * 1_000_000)  # noqa: UP031
 
 
 def _stamp(
@@ -189,8 +190,7 @@ def build_processors(
     return shared, final
 
 
-#: A write(2) of at most this many bytes to a pipe is never interleaved with another one.
-_ATOMIC_WRITE_BYTES = select.PIPE_BUF
+_ATOMIC_WRITE_BYTES = held_lines.ATOMIC_WRITE_BYTES
 
 
 def _file_descriptor(stream: Any) -> int | None:
@@ -208,6 +208,7 @@ class _LineWriter:
     system call made the threads queue behind each other and the GIL (twice the drain time
     on the email queue's pool). Longer lines, and streams without a descriptor, take the
     stdlib handler's lock, so they never interleave with a stdlib record of another thread.
+    With holding on (:mod:`held_lines`), a line may share its write with the next ones.
     It has the ``name`` that ``add_logger_name`` reads.
     """
 
@@ -218,18 +219,20 @@ class _LineWriter:
         self.name = name
 
     def msg(self, message: str) -> None:
+        self.write_line(message, hold=False)
+
+    def write_line(self, message: str, *, hold: bool) -> None:
+        """Write ``message`` as one line; with ``hold`` (and holding on) perhaps later."""
         if self._fd is not None:
             data = (message + "\n").encode(self._encoding, "backslashreplace")
             if len(data) <= _ATOMIC_WRITE_BYTES:
-                try:
-                    written = os.write(self._fd, data)
-                except OSError:
-                    written = 0  # the locked path below reports it through the handler
-                if written == len(data):
+                if held_lines.HELD.enabled:
+                    for chunk in held_lines.HELD.take(self._fd, data, hold):
+                        self._write(chunk)
                     return
-                if written:  # a partial write (a full disk, a signal): finish this line
-                    self._finish(data[written:])
-                    return
+                self._write(data)
+                return
+            held_lines.flush()
         self._handler.acquire()
         try:
             self._handler.stream.write(message + "\n")
@@ -238,6 +241,18 @@ class _LineWriter:
             self._handler.handleError(logging.makeLogRecord({"msg": message}))
         finally:
             self._handler.release()
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            written = 0
+        if written == len(data):
+            return
+        # A partial or failed write (a full disk, a signal): finish it under the lock, and
+        # report what cannot be written through the handler.
+        self._finish(data[written:])
 
     def _finish(self, rest: bytes) -> None:
         assert self._fd is not None
@@ -267,6 +282,19 @@ class _LineWriterFactory:
         return writer
 
 
+class _Handler(logging.StreamHandler[TextIO]):
+    """The root handler: held lifecycle lines (:mod:`held_lines`) go out before a stdlib
+    record, and with every flush (``logging.shutdown`` at exit included)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        held_lines.flush()
+        super().emit(record)
+
+    def flush(self) -> None:
+        held_lines.flush()
+        super().flush()
+
+
 @dataclass(frozen=True, slots=True)
 class _Pipeline:
     """What :func:`emit` needs from the last :func:`configure_logging` call."""
@@ -276,6 +304,8 @@ class _Pipeline:
     writers: _LineWriterFactory
     #: The JSON pipeline's redactor; None for the console renderer (no fragments there).
     redactor: Redactor | None = None
+    #: (key, value) -> the field as redacted and encoded on a line, for repeated values.
+    fragments: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 _pipeline: _Pipeline | None = None
@@ -314,12 +344,64 @@ def encode_fields(fields: dict[str, Any]) -> str | None:
     pipeline = _pipeline
     if pipeline is None or pipeline.redactor is None or pipeline.level > logging.INFO:
         return None
-    return _ENCODER.encode(pipeline.redactor(None, "info", fields))[1:-1]
+    plain = _encode_plain_fields(pipeline.redactor, pipeline.fragments, fields)
+    if plain is not None:
+        return plain
+    return _encode_flat(pipeline.redactor(None, "info", fields))[1:-1]
+
+
+_UUID_LENGTH = 36
+#: Fragments remembered per pipeline: names, queues and the worker repeat on every task.
+_FRAGMENTS_KEPT = 4096
+_FRAGMENT_LENGTH = 256
+_encoded_keys: dict[str, str] = {}
+
+
+def _encoded_key(key: str) -> str:
+    encoded = _encoded_keys.get(key)
+    if encoded is None:
+        encoded = _encoded_keys[key] = encode_basestring_ascii(key) + ": "
+    return encoded
+
+
+def _encode_plain_fields(redactor: Redactor, fragments: dict[tuple[str, str], str],
+                         fields: dict[str, Any]) -> str | None:
+    """What the redactor and the encoder make of ``fields`` (no braces), when every value is
+    a string, an int or None; None otherwise (the caller takes the general way).
+
+    Field by field instead of a pass over the whole dict: the ids (UUIDs) go through as they
+    are, everything else is looked up from the fragments made before.
+    """
+    is_uuid = redactor.untouched_uuid_test()
+    parts = []
+    for key, value in fields.items():
+        kind = type(value)
+        if kind is str:
+            if (is_uuid is not None and len(value) == _UUID_LENGTH and is_uuid(value)
+                    and not is_secret_key(key)):
+                parts.append(_encoded_key(key) + '"' + value + '"')
+                continue
+            part = fragments.get((key, value))
+            if part is None:
+                part = _encoded_key(key) + encode_basestring_ascii(
+                    redactor.string_field(key, value))
+                if len(value) <= _FRAGMENT_LENGTH:
+                    if len(fragments) >= _FRAGMENTS_KEPT:
+                        fragments.clear()
+                    fragments[(key, value)] = part
+            parts.append(part)
+        elif value is None:
+            parts.append(_encoded_key(key) + "null")
+        elif kind is int:
+            parts.append(_encoded_key(key) + int.__repr__(value))
+        else:
+            return None
+    return ", ".join(parts)
 
 
 def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
                      names: frozenset[str], extra: dict[str, Any] | None = None, *,
-                     fields_first: bool = False) -> bool:
+                     fields_first: bool = False, hold: bool = False) -> bool:
     """Write the line :func:`emit` would write for ``event`` with the fields that
     :func:`encode_fields` turned into ``encoded`` (``names``: their keys), plus ``extra``
     (numbers and other values needing no redaction), bound context included.
@@ -328,53 +410,103 @@ def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
     (the task bound its own fields), nothing is written and False returned, so the caller
     takes :func:`emit`. Same keys, same order, same bytes: ``fields_first`` when :func:`emit`
     was given the fields themselves (they come before the event), not a bound context.
+    ``hold``: the line may wait to share a write with the next one (:mod:`held_lines`).
     """
     pipeline = _pipeline
     if pipeline is None:
         return False  # not configured: structlog's own defaults, through emit()
-    if _LEVELS[method.upper()] < pipeline.level:
+    shape = _SHAPES.get((logger_name, method, event, fields_first))
+    if shape is None or shape.pipeline is not pipeline:
+        shape = _shape(pipeline, logger_name, method, event, fields_first)
+    if shape.level < pipeline.level:
         return True
     if not bound_context.bound_only(names):
         return False
-    event_part, tail = _line_parts(logger_name, method, event, fields_first)
-    head = encoded + event_part if fields_first else event_part + encoded
+    body = encoded + shape.event_part if fields_first else shape.event_part + encoded
     if extra:
-        head = _ENCODER.encode(extra)[1:-1] + ", " + head
-    pipeline.writers(logger_name).msg("{" + head + tail + _clock.now() + _line_end())
+        body = _encode_numbers(extra) + ", " + body
+    shape.writer.write_line("{" + body + shape.tail + _clock.now() + _pid_end, hold=hold)
     return True
 
 
-_end: tuple[int, str, str] = (0, "", "")
+def _encode_numbers(extra: dict[str, Any]) -> str:
+    """``extra`` encoded as on a line (no braces): finite floats, ints and None directly,
+    anything else by the encoder. A task_succeeded line's runtime is the usual one."""
+    parts = []
+    for key, value in extra.items():
+        kind = type(value)
+        if kind is float and value - value == 0.0:  # finite: json writes float's repr
+            parts.append(_encoded_key(key) + float.__repr__(value))
+        elif kind is int:
+            parts.append(_encoded_key(key) + int.__repr__(value))
+        elif value is None:
+            parts.append(_encoded_key(key) + "null")
+        else:
+            return _encode_flat(extra)[1:-1]
+    return ", ".join(parts)
 
 
-def _line_end() -> str:
-    """What follows the timestamp's value: the process name and the pid (read per line, as
-    a prefork child shares its parent's configuration), encoded once per process."""
-    global _end
-    pid = os.getpid()
-    if _end[0] != pid or _end[1] != _process_name:
-        _end = (pid, _process_name,
-                f'", "process": {_ENCODER.encode(_process_name)}, "pid": {pid}}}')
-    return _end[2]
+def _flat_encoder() -> Callable[[Any], str]:
+    """The JSON encoder of :data:`_ENCODER`, made once: ``JSONEncoder.encode`` builds a new
+    C encoder on every call, which cost as much as the rest of a lifecycle line. No circular
+    check: it encodes flat dicts of plain values only."""
+    from json import encoder as json_encoder
+
+    make: Any = getattr(json_encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return _ENCODER.encode
+    c_encoder = make(None, _fallback, json_encoder.encode_basestring_ascii, None, ": ", ", ",
+                     False, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(c_encoder(value, 0))
+
+    return encode
 
 
-_PARTS: dict[tuple[str, str, str, bool], tuple[str, str]] = {}
+_encode_flat = _flat_encoder()
 
 
-def _line_parts(logger_name: str, method: str, event: str,
-                fields_first: bool) -> tuple[str, str]:
-    """The constant pieces of a spliced line: the event (before or after the fields) and
-    what follows the fields up to the timestamp's value."""
-    key = (logger_name, method, event, fields_first)
-    parts = _PARTS.get(key)
-    if parts is None:
-        encoded_event = _ENCODER.encode(event)
-        event_part = (', "event": ' + encoded_event if fields_first
-                      else '"event": ' + encoded_event + ", ")
-        tail = (', "level": "' + _LEVEL_OF_METHOD.get(method, method) + '", "logger": '
-                + _ENCODER.encode(logger_name) + ', "timestamp": "')
-        parts = _PARTS[key] = (event_part, tail)
-    return parts
+@dataclass(frozen=True, slots=True)
+class _LineShape:
+    """The constant pieces of a spliced line for one event under one pipeline."""
+
+    pipeline: _Pipeline
+    level: int
+    writer: _LineWriter
+    event_part: str
+    #: What follows the fields, up to the timestamp's value.
+    tail: str
+
+
+_SHAPES: dict[tuple[str, str, str, bool], _LineShape] = {}
+
+
+def _shape(pipeline: _Pipeline, logger_name: str, method: str, event: str,
+           fields_first: bool) -> _LineShape:
+    encoded_event = _ENCODER.encode(event)
+    event_part = (', "event": ' + encoded_event if fields_first
+                  else '"event": ' + encoded_event + ", ")
+    tail = (', "level": "' + _LEVEL_OF_METHOD.get(method, method) + '", "logger": '
+            + _ENCODER.encode(logger_name) + ', "timestamp": "')
+    shape = _LineShape(pipeline, _LEVELS[method.upper()], pipeline.writers(logger_name),
+                       event_part, tail)
+    _SHAPES[(logger_name, method, event, fields_first)] = shape
+    return shape
+
+
+#: What follows the timestamp's value: the process name and the pid, encoded once per
+#: process (a prefork child shares its parent's configuration: set again after a fork).
+_pid_end = ""
+
+
+def _set_pid_end() -> None:
+    global _pid_end
+    _pid_end = (f'", "process": {_ENCODER.encode(_process_name)}, '
+                f'"pid": {os.getpid()}}}')
+
+
+os.register_at_fork(after_in_child=_set_pid_end)
 
 
 def configure_logging(
@@ -393,6 +525,7 @@ def configure_logging(
     """
     global _process_name  # one pipeline per process; the name goes on every line
     _process_name = process
+    _set_pid_end()
     _last_call.update(
         settings=settings, process=process, stream=stream, level=level, log_format=log_format
     )
@@ -401,7 +534,7 @@ def configure_logging(
     shared, final = build_processors(settings, chosen_format)
 
     formatter = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler = _Handler(stream if stream is not None else sys.stdout)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     # The platform's own events skip the stdlib round trip (a LogRecord, the handler chain,

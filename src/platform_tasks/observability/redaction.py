@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
@@ -74,6 +74,7 @@ _has_digit = re.compile(r"\d").search
 #: the configured secrets are looked for in it.
 _is_uuid = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}").fullmatch
 _UUID_LENGTH = 36
+_UUID_CHARACTERS = "0123456789abcdefABCDEF-"
 
 
 def luhn_valid(digits: str) -> bool:
@@ -115,6 +116,10 @@ class Redactor:
             variants.add(quote(secret, safe=""))
         # Longest first, so a secret that contains another is replaced whole.
         self._secrets = sorted(variants, key=len, reverse=True)
+        # Only these can occur inside a UUID (hex digits and dashes): usually none, so the
+        # three ids on every lifecycle line are passed through without a search.
+        self._uuid_secrets = [secret for secret in self._secrets
+                              if not secret.strip(_UUID_CHARACTERS)]
         # One cache per kind of field: e-mail masking applies to one and not the other.
         self._caches: dict[bool, dict[str, str]] = {True: {}, False: {}}
 
@@ -127,7 +132,7 @@ class Redactor:
         length = len(text)
         if length == _UUID_LENGTH and _is_uuid(text):
             # Not cached: an id is seen on a few lines and would push the names out.
-            return self._mask_secrets(text)
+            return self._mask_secrets(text, self._uuid_secrets) if self._uuid_secrets else text
         redacted = self._redact_text(text, personal)
         if length <= _CACHEABLE_LENGTH:
             if len(cache) >= _CACHE_LIMIT:
@@ -135,8 +140,8 @@ class Redactor:
             cache[text] = redacted
         return redacted
 
-    def _mask_secrets(self, text: str) -> str:
-        for secret in self._secrets:
+    def _mask_secrets(self, text: str, secrets: list[str] | None = None) -> str:
+        for secret in self._secrets if secrets is None else secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
         return text
@@ -170,6 +175,22 @@ class Redactor:
             return REDACTED
         return self.redact_value(value, personal=key not in _NOT_PERSONAL_KEYS)
 
+    def _string_field(self, key: str, value: str) -> str:
+        if value and is_secret_key(key):
+            return REDACTED
+        return self.redact_text(value, personal=key not in _NOT_PERSONAL_KEYS)
+
+    def string_field(self, key: str, value: str) -> str:
+        """What the processor makes of the string ``value`` of a field named ``key``."""
+        if key in _PIPELINE_KEYS:
+            return value
+        return self._string_field(key, value)
+
+    def untouched_uuid_test(self) -> Callable[[str], object] | None:
+        """A test true for a 36-character string the processor leaves exactly as it is
+        because it is a UUID; None when a configured secret could hide inside one."""
+        return None if self._uuid_secrets else _is_uuid
+
     def __call__(
         self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
@@ -182,12 +203,7 @@ class Redactor:
             if kind in _PLAIN_NUMBERS:
                 continue
             if kind is str:
-                if value and is_secret_key(key):
-                    event_dict[key] = REDACTED
-                else:
-                    event_dict[key] = self.redact_text(
-                        value, personal=key not in _NOT_PERSONAL_KEYS
-                    )
+                event_dict[key] = self._string_field(key, value)
             else:
                 event_dict[key] = self._redact_field(key, value)
         return event_dict

@@ -90,8 +90,9 @@ def _on_received(request: Any = None, **_: Any) -> None:
         return
     fields = request_fields(request, getattr(request, "name", None))
     encoded = encode_fields(dict(fields))
+    # Held: on the solo pool, task_started follows at once and carries it in its write.
     if encoded is None or not emit_with_fields(_LOGGER, "info", "task_received", encoded,
-                                               _FIELD_NAMES, fields_first=True):
+                                               _FIELD_NAMES, fields_first=True, hold=True):
         emit(_LOGGER, "info", "task_received", fields)
         return
     if len(_received) >= _RECEIVED_KEPT:
@@ -140,8 +141,9 @@ def _on_success(sender: Any = None, **_: Any) -> None:
     task_id = getattr(getattr(sender, "request", None), "id", None)
     fields = {"runtime_ms": _runtime_ms(task_id)}
     encoded = _encoded.get(task_id) if task_id is not None else None
+    # Held: it goes out with the next task's lines, or when the consumer loop turns.
     if encoded is None or not emit_with_fields(_LOGGER, "info", "task_succeeded", encoded,
-                                               _FIELD_NAMES, fields):
+                                               _FIELD_NAMES, fields, hold=True):
         emit(_LOGGER, "info", "task_succeeded", fields)
 
 
