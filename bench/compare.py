@@ -8,7 +8,8 @@ Usage::
 Systems (every Redis is started here, on a free loopback port, and stopped at the end):
 
 - ``platform``: ``platform-tasks worker --queue default`` as shipped (a group of 2
-  single-loop processes, JSON logs at INFO, /metrics on) against a Sentinel topology configured as the chart does;
+  single-loop processes, JSON logs at INFO, /metrics on) against a Sentinel topology
+  configured as the chart does;
 - ``seed-celery``: Celery as its "First steps" tutorial sets it up (``tasks.py`` with
   ``Celery('tasks', broker=redis://…, backend=redis://…)``, ``celery -A tasks worker
   --loglevel=INFO -c 2``), results stored, on a plain ``redis-server``;

@@ -4,9 +4,9 @@ Usage: ``.venv/bin/python bench/observability_cost.py [--tasks 2000] [--rounds 3
 
 One Sentinel topology on loopback; each round pre-enqueues ``--tasks`` ``add_numbers`` on the
 ``default`` queue, then starts one ``platform-tasks worker --queue default`` (a group of 2
-single-loop processes, as the chart runs it) and waits until every result is stored. The drain time is
-the spread of the results' completion times (first to last), so worker start-up is not
-counted. "on" is the shipped configuration (JSON logs at INFO to a file, /metrics served);
+single-loop processes, as the chart runs it) and waits until every result is stored. The drain
+time is the spread of the results' completion times (first to last), so worker start-up
+is not counted. "on" is the shipped configuration (JSON logs at INFO to a file, /metrics served);
 "off" is ``PLATFORM_TASKS_LOG_LEVEL=WARNING`` and ``PLATFORM_TASKS_METRICS_PORT=0`` (no
 lifecycle lines, no metric handlers). The two alternate, round by round, so drift in the
 machine's speed hits both. Prints medians, min/max and the on/off ratio.
