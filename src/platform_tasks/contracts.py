@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import PurePosixPath
 from types import MappingProxyType
@@ -118,19 +118,25 @@ class TaskContract:
     name: str
     queue: QueueName
     arguments: type[TaskArguments]
+    #: The model's field names in order, read once: pydantic builds them anew on each read.
+    _fields: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fields", tuple(self.arguments.model_fields))
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskArguments:
         """Validate positional and keyword arguments as one call would bind them."""
-        fields = list(self.arguments.model_fields)
+        fields = self._fields
         if len(args) > len(fields):
             raise InvalidArgumentsError(
                 f"{self.name} takes {len(fields)} arguments ({', '.join(fields)}), "
                 f"got {len(args)} positional"
             )
         values = dict(zip(fields, args, strict=False))
-        clashes = sorted(set(values) & set(kwargs))
-        if clashes:
-            raise InvalidArgumentsError(f"{self.name} got {', '.join(clashes)} twice")
+        if values and kwargs:
+            clashes = sorted(set(values) & set(kwargs))
+            if clashes:
+                raise InvalidArgumentsError(f"{self.name} got {', '.join(clashes)} twice")
         values.update(kwargs)
         try:
             return self.arguments.model_validate(values)

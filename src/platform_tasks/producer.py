@@ -7,7 +7,6 @@ a refused call leaves no trace on the broker.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -23,10 +22,16 @@ from celery.utils.saferepr import saferepr
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 
-from platform_tasks import batch_publish, headers, keys
+from platform_tasks import batch_publish, headers, keys, propagation
 from platform_tasks.app import PUBLISH_RETRY_POLICY, PlatformCelery, create_app
 from platform_tasks.batch_publish import quick_saferepr
 from platform_tasks.contracts import TASKS, InvalidArgumentsError, TaskContract
+from platform_tasks.message_template import (
+    MessageTemplate,
+    compact_size,
+    encode_arguments,
+    random_uuid4s,
+)
 from platform_tasks.queues import QUEUE_NAMES, policy_for
 from platform_tasks.redis_client import connect
 from platform_tasks.redis_errors import retry_through_failover
@@ -129,6 +134,8 @@ class _Checked:
     task_id: str
     args: list[Any]
     kwargs: dict[str, Any]
+    #: ``[args, kwargs]`` as kombu's JSON, encoded once by the payload check.
+    arguments: str
     eta: datetime | None
     correlation_id: str
     idempotency_key: str | None
@@ -179,22 +186,28 @@ def _check_schedule(
     return eta
 
 
-_COMPACT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 #: kombu's JSON encoder, made once: ``kombu.utils.json.dumps`` makes one per call.
 _KOMBU_JSON = KombuJSONEncoder()
 
 
-def _encode(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any], limit: int) -> None:
+def _encode(task_name: str, args: list[Any], kwargs: dict[str, Any], limit: int) -> str:
+    """``[args, kwargs]`` as the message body will carry them, once checked to be JSON and
+    within ``limit`` bytes (counted compact, without the spaces kombu writes)."""
     try:
-        body = _COMPACT_JSON.encode([list(args), dict(kwargs)])
+        encoded = encode_arguments(args, kwargs)
     except (TypeError, ValueError) as error:
         raise PayloadNotJSONError(f"{task_name}: arguments are not JSON: {error}") from None
-    size = len(body.encode())
-    if size > limit:
-        raise PayloadTooLargeError(
-            f"{task_name}: payload is {size} bytes, the limit is {limit} "
-            "(PLATFORM_TASKS_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a reference"
-        )
+    # Both forms are ASCII and the spaced one is never the shorter: only a spaced form over
+    # the limit needs counting again.
+    if len(encoded) > limit:
+        size = compact_size(args, kwargs)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"{task_name}: payload is {size} bytes, the limit is {limit} "
+                "(PLATFORM_TASKS_MAX_PAYLOAD_BYTES); store large data elsewhere and pass a "
+                "reference"
+            )
+    return encoded
 
 
 def _check_queue(queue: str) -> None:
@@ -245,6 +258,93 @@ def _platform_headers(item: _Checked) -> dict[str, Any]:
     return message_headers
 
 
+@dataclass(frozen=True, slots=True)
+class _ReprLimits:
+    """How Celery cuts ``argsrepr``/``kwargsrepr``, read once per batch (``app.conf`` lookups
+    cost more than the reprs)."""
+
+    args_size: int
+    kwargs_size: int
+    levels: int
+
+    @classmethod
+    def of(cls, app: PlatformCelery) -> _ReprLimits:
+        amqp = app.amqp
+        return cls(amqp.argsrepr_maxsize, amqp.kwargsrepr_maxsize, app.conf.task_repr_maxlevels)
+
+
+def _reprs(limits: _ReprLimits, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
+    """The ``argsrepr`` and ``kwargsrepr`` headers Celery writes for these arguments."""
+    levels = limits.levels
+    argsrepr = quick_saferepr(args, limits.args_size, levels) or saferepr(
+        args, limits.args_size, maxlevels=levels
+    )
+    kwargsrepr = quick_saferepr(kwargs, limits.kwargs_size, levels) or saferepr(
+        kwargs, limits.kwargs_size, maxlevels=levels
+    )
+    return argsrepr, kwargsrepr
+
+
+def _publish_observed(task_name: str) -> bool:
+    """Whether a publish of ``task_name`` has anyone to tell but the platform's own receiver.
+
+    That receiver (``propagation``) only fills in the correlation and enqueued-at headers
+    when a message lacks them, and every message the producer builds has both: for those
+    messages it does nothing, so not sending the signals to it changes nothing.
+    """
+    if after_task_publish.has_listeners(task_name):
+        return True
+    return any(key[0] != propagation.DISPATCH_UID for key, _ in before_task_publish.receivers)
+
+
+def _render_one(
+    limits: _ReprLimits, template: MessageTemplate, item: _Checked, root_id: str | None,
+    enqueued_at: float, delivery_tag: str,
+) -> str:
+    argsrepr, kwargsrepr = _reprs(limits, item.args or (), item.kwargs)
+    return template.render(
+        arguments=item.arguments,
+        task_id=item.task_id,
+        root_id=root_id or item.task_id,
+        eta=item.eta.isoformat() if item.eta is not None else None,
+        argsrepr=argsrepr,
+        kwargsrepr=kwargsrepr,
+        correlation_id=item.correlation_id,
+        enqueued_at=enqueued_at,
+        idempotency_key=item.idempotency_key,
+        delivery_tag=delivery_tag,
+    )
+
+
+def _verified_template(
+    app: PlatformCelery, message: dict[str, Any], written: str, first: _Checked,
+    root_id: str | None,
+) -> MessageTemplate | None:
+    """A template of ``message``, if it renders that message exactly as kombu wrote it.
+
+    Checked once per batch on the message Celery and kombu built in full, so a change in
+    either (a header, an encoder) sends the batch down the per-message path instead.
+    """
+    template = MessageTemplate.from_message(message)
+    if template is None:
+        return None
+    again = _render_one(_ReprLimits.of(app), template, first, root_id,
+                        message["headers"][headers.ENQUEUED_AT],
+                        message["properties"]["delivery_tag"])
+    return template if again == written else None
+
+
+def _rendered(
+    app: PlatformCelery, template: MessageTemplate, items: list[_Checked],
+    root_id: str | None,
+) -> Iterator[str]:
+    """Each item's message from ``template``: only what varies per task is encoded."""
+    limits = _ReprLimits.of(app)
+    now = time.time
+    for item, delivery_tag in zip(items, random_uuid4s(len(items)), strict=True):
+        yield _render_one(limits, template, item, root_id, now(), delivery_tag)
+
+
 def _from_template(
     app: PlatformCelery,
     channel: Any,
@@ -260,14 +360,13 @@ def _from_template(
     Mirrors what varies per task in Celery's ``as_task_v2``/``send_task_message`` and
     kombu's ``Producer.publish``/``basic_publish``/``_put``; the rest is the template's.
     """
-    amqp = app.amqp
-    maxlevels = app.conf.task_repr_maxlevels
     serializer = app.conf.task_serializer
     retry_policy = dict(app.conf.task_publish_retry_policy, **PUBLISH_RETRY_POLICY)
     send_before = before_task_publish.send
     send_after = after_task_publish.send
     embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
     template_properties = template["properties"]
+    limits = _ReprLimits.of(app)
     for item in items:
         task_id = item.task_id
         args: Sequence[Any] = item.args or ()  # as as_task_v2: an empty list reads "()"
@@ -276,12 +375,7 @@ def _from_template(
         message_headers["id"] = task_id
         message_headers["root_id"] = root_id or task_id
         message_headers["eta"] = item.eta.isoformat() if item.eta is not None else None
-        message_headers["argsrepr"] = quick_saferepr(
-            args, amqp.argsrepr_maxsize, maxlevels
-        ) or saferepr(args, amqp.argsrepr_maxsize, maxlevels=maxlevels)
-        message_headers["kwargsrepr"] = quick_saferepr(
-            kwargs, amqp.kwargsrepr_maxsize, maxlevels
-        ) or saferepr(kwargs, amqp.kwargsrepr_maxsize, maxlevels=maxlevels)
+        message_headers["argsrepr"], message_headers["kwargsrepr"] = _reprs(limits, args, kwargs)
         message_headers.update(_platform_headers(item))
         properties = {"correlation_id": task_id, "reply_to": template_properties["reply_to"]}
         body = (args, kwargs, embed)
@@ -329,7 +423,7 @@ class TaskProducer:
         """
         _check_queue(queue)
         contract = _contract(task_name)
-        call_args, call_kwargs, when = self._check_call(
+        call_args, call_kwargs, when, arguments = self._check_call(
             task_name, contract, queue, args, kwargs, countdown, eta
         )
 
@@ -351,7 +445,8 @@ class TaskProducer:
         try:
             if self._confirms(queue):
                 item = _Checked(
-                    index=0, task_id=task_id, args=call_args, kwargs=call_kwargs, eta=when,
+                    index=0, task_id=task_id, args=call_args, kwargs=call_kwargs,
+                    arguments=arguments, eta=when,
                     correlation_id=message_headers[headers.CORRELATION_ID],
                     idempotency_key=idempotency_key, dedup_key=dedup_key,
                 )
@@ -448,10 +543,13 @@ class TaskProducer:
     ) -> list[_Checked]:
         checked: list[_Checked] = []
         keys_seen: set[str] = set()
-        for index, item in enumerate(items):
+        requests = list(items)
+        # One read of the OS's randomness for every id instead of one per task.
+        fresh_ids = iter(random_uuid4s(len(requests)))
+        for index, item in enumerate(requests):
             try:
                 request = _as_request(item)
-                call_args, call_kwargs, when = self._check_call(
+                call_args, call_kwargs, when, arguments = self._check_call(
                     task_name, contract, queue, request.args, request.kwargs,
                     request.countdown, request.eta,
                 )
@@ -460,7 +558,7 @@ class TaskProducer:
                     _check_idempotency_key(key)
             except ProducerError as error:
                 raise type(error)(f"item {index}: {error}") from None
-            task_id = str(uuid.uuid4()) if key is None else _idempotent_id(task_name, key)
+            task_id = next(fresh_ids) if key is None else _idempotent_id(task_name, key)
             dedup_key: str | None = None
             if key is not None and key not in keys_seen:
                 keys_seen.add(key)
@@ -470,6 +568,7 @@ class TaskProducer:
                 task_id=task_id,
                 args=call_args,
                 kwargs=call_kwargs,
+                arguments=arguments,
                 eta=when,
                 correlation_id=request.correlation_id or correlation_id or task_id,
                 idempotency_key=key,
@@ -565,15 +664,18 @@ class TaskProducer:
                                            headers=_platform_headers(item), **options)
                 return collector.take()
             assert template is not None
-            key = collector.commands[0][1][0]
+            key, written = collector.commands[0][1]
             commands = collector.take()
-            commands.extend(
-                ("lpush", (key, payload))
-                for payload in _from_template(
-                    app, kombu_producer.channel, task_name, queue, items[1:], template,
-                    celery_headers, root_id,
-                )
+            rest = items[1:]
+            fast = None
+            if rest and not _publish_observed(task_name):
+                fast = _verified_template(app, template, written, items[0], root_id)
+            payloads = (
+                _rendered(app, fast, rest, root_id) if fast is not None
+                else _from_template(app, kombu_producer.channel, task_name, queue, rest,
+                                    template, celery_headers, root_id)
             )
+            commands.extend(("lpush", (key, payload)) for payload in payloads)
             return commands
 
     def _confirms(self, queue: str) -> bool:
@@ -648,20 +750,24 @@ class TaskProducer:
         kwargs: Mapping[str, Any] | None,
         countdown: float | None,
         eta: datetime | None,
-    ) -> tuple[list[Any], dict[str, Any], datetime | None]:
-        """The checks of one call's arguments and schedule; raises what ``enqueue`` documents."""
+    ) -> tuple[list[Any], dict[str, Any], datetime | None, str]:
+        """The checks of one call's arguments and schedule; raises what ``enqueue`` documents.
+
+        Returns the arguments, the eta, and ``[args, kwargs]`` encoded as the body has them.
+        """
         if isinstance(args, str | bytes) or not isinstance(args, Sequence):
             raise InvalidPayloadError(f"{task_name}: args must be a list or tuple")
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise InvalidPayloadError(f"{task_name}: kwargs must be a mapping of names to values")
+        call_args = list(args)
         call_kwargs = dict(kwargs or {})
-        _encode(task_name, args, call_kwargs, self.settings.max_payload_bytes)
+        arguments = _encode(task_name, call_args, call_kwargs, self.settings.max_payload_bytes)
         try:
             contract.bind(args, call_kwargs)
         except InvalidArgumentsError as error:
             raise InvalidPayloadError(str(error)) from None
         when = _check_schedule(countdown, eta, policy_for(queue).max_delay_seconds)
-        return list(args), call_kwargs, when
+        return call_args, call_kwargs, when, arguments
 
     def _claim(self, dedup_key: str) -> bool:
         """Claim an idempotency key for one publish; False when it was already published.

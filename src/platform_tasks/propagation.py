@@ -14,6 +14,9 @@ from celery.signals import before_task_publish
 
 from platform_tasks import headers
 
+#: The id the receiver is connected under: the producer tells it from others' receivers by it.
+DISPATCH_UID = "platform-tasks-correlation"
+
 
 def _copy_correlation(headers_: dict[str, Any] | None = None, **_: Any) -> None:
     if headers_ is None:
@@ -37,4 +40,4 @@ def _on_publish(sender: Any = None, headers: dict[str, Any] | None = None, **kwa
 
 def install() -> None:
     """Connect once per process; safe to call for every app created."""
-    before_task_publish.connect(_on_publish, weak=False, dispatch_uid="platform-tasks-correlation")
+    before_task_publish.connect(_on_publish, weak=False, dispatch_uid=DISPATCH_UID)

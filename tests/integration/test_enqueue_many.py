@@ -9,14 +9,16 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
+from celery.signals import before_task_publish
 
 from platform_tasks import headers
+from platform_tasks import producer as producer_module
 from platform_tasks.devstack.topology import SentinelTopology
 from platform_tasks.producer import (
     EnqueueRequest,
@@ -96,6 +98,85 @@ def test_each_bulk_message_is_the_message_enqueue_publishes(
         assert message["properties"]["correlation_id"] == message["headers"]["id"]
         assert message["headers"]["root_id"] == message["headers"]["id"]
         assert isinstance(message["headers"][headers.ENQUEUED_AT], float)
+
+
+def raw_published(master: redis.Redis, queue: str) -> list[str]:
+    """The queue's messages as stored, oldest first."""
+    return list(reversed(master.lrange(queue, 0, -1)))
+
+
+def with_varying_values_marked(raw: str) -> str:
+    """``raw`` with its task id, delivery tag and enqueue time replaced by marks, every
+    other byte left as it was stored."""
+    message = json.loads(raw)
+    for value, mark in ((message["headers"]["id"], '"<id>"'),
+                        (message["properties"]["delivery_tag"], '"<tag>"')):
+        raw = raw.replace(json.dumps(value), mark)
+    return raw.replace(repr(message["headers"][headers.ENQUEUED_AT]), "<time>")
+
+
+@pytest.fixture(scope="module")
+def roomy_producer(sentinel_topology: SentinelTopology) -> Iterator[TaskProducer]:
+    """A producer whose payload limit lets an argument list outgrow Celery's repr cut."""
+    env = {**sentinel_topology.settings_env(), "PLATFORM_TASKS_MAX_PAYLOAD_BYTES": "65536"}
+    with TaskProducer(load_settings(env)) as client:
+        yield client
+
+
+def _observer(**_: Any) -> None:
+    """A publish receiver of someone else's: with it connected every message is kombu's."""
+
+
+TEMPLATE_SHAPES = [
+    *SHAPES,
+    ("arguments cut in the reprs", "platform_tasks.default.sum_numbers", "default",
+     {"args": [list(range(2000))]}),
+    ("payment, keys with quotes and unicode", "platform_tasks.payments.process_payment",
+     "payments", {"kwargs": {"transaction_id": 'tx-"ü"', "amount": "12.50",
+                             "currency": "EUR", "idempotency_key": "pay-\\'é'-0001"},
+                  "correlation_id": "req-\"ü\""}),
+]
+
+
+@pytest.mark.parametrize(("task_name", "queue", "call"),
+                         [s[1:] for s in TEMPLATE_SHAPES], ids=[s[0] for s in TEMPLATE_SHAPES])
+def test_messages_made_from_the_template_are_kombus_bytes(
+    roomy_producer: TaskProducer, master: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+    task_name: str, queue: str, call: dict[str, Any],
+) -> None:
+    rendered: list[int] = []
+    render_batch = producer_module._rendered
+
+    def counting(*args: Any) -> Iterator[str]:
+        for payload in render_batch(*args):
+            rendered.append(1)
+            yield payload
+
+    monkeypatch.setattr(producer_module, "_rendered", counting)
+    key = call.get("idempotency_key")
+
+    def requests(run: str) -> list[EnqueueRequest]:
+        return [EnqueueRequest(**{**call, "idempotency_key": f"{key}-{run}{n}" if key else None})
+                for n in range(4)]
+
+    roomy_producer.enqueue_many(task_name, requests("a"), queue=queue)
+    spliced = raw_published(master, queue)
+    assert len(rendered) == 3, "the batch did not take the template path"
+    master.delete(queue)
+    before_task_publish.connect(_observer, weak=False)
+    try:
+        # Fresh keys: the first run's are claimed for the idempotency window.
+        roomy_producer.enqueue_many(task_name, requests("b"), queue=queue)
+    finally:
+        before_task_publish.disconnect(_observer)
+    by_kombu = raw_published(master, queue)
+
+    assert len(rendered) == 3, "with a receiver connected, every message must be kombu's"
+    if key:
+        by_kombu = [raw.replace(f"{key}-b", f"{key}-a") for raw in by_kombu]
+    assert [with_varying_values_marked(raw) for raw in spliced] == [
+        with_varying_values_marked(raw) for raw in by_kombu
+    ]
 
 
 def test_plain_pairs_and_a_shared_correlation_id(
