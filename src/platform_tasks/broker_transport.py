@@ -323,6 +323,10 @@ class _ScreensDeliveries:
         return True
 
 
+#: The pending reply pair of a wait (``BLMOVE``) sent with the fetch that follows it.
+_WAIT_THEN_FETCH = "BLMOVE+EVAL"
+
+
 class _FetchesInBatches:
     """Channel behaviour: messages are taken by the atomic fetch script, in batches.
 
@@ -331,11 +335,12 @@ class _FetchesInBatches:
 
     * the fetch script (:mod:`platform_tasks.fetch_script`): up to as many messages as the
       prefetch allows, each recorded as unacked in the same step that popped it;
-    * when a fetch found nothing, ``BLMOVE q q RIGHT RIGHT timeout``: it blocks until the
-      queue's main list has an item and returns it *without taking it* (it moves the last
-      item to the last place), so the fetch that follows takes it atomically. A message
-      published with a priority (a list of its own) waits for the next fetch: at most the
-      poll timeout (1 s) on an idle worker.
+    * when a fetch found nothing, ``BLMOVE q q RIGHT RIGHT timeout`` with the next fetch
+      right behind it in the same write: the wait blocks until the queue's main list has an
+      item and returns it *without taking it* (it moves the last item to the last place),
+      and the fetch, which Redis runs the moment the wait returns, takes it atomically. A
+      message published with a priority (a list of its own) waits for the next fetch: at
+      most the poll timeout (1 s) on an idle worker.
 
     Nothing is ever popped outside the script, so no message exists only in a worker's
     memory. The records are kombu's own: acks, restores and the tools that read them are
@@ -366,22 +371,32 @@ class _FetchesInBatches:
         queues = channel._queue_cycle.consume(len(channel.active_queues))
         if not queues:
             return
+        lists = [channel._q_for_pri(queue, priority)
+                 for priority in channel.priority_steps for queue in queues]
+        room = channel.qos.can_consume_max_estimate()
+        fetch = fetch_script.eval_args(
+            channel.unacked_key, channel.unacked_index_key, lists,
+            room if room else fetch_script.MAX_BATCH, time.time(),
+        )
+        connection = channel.client.connection
         if self._queue_was_empty:
+            # The wait and the fetch go out together: Redis runs the fetch as soon as the
+            # wait returns, so a message that arrives on an idle queue costs no second round
+            # trip, nor a second turn of the event loop. (The fetch's score, the time it was
+            # sent, is then up to the wait's timeout early: far inside the visibility timeout.)
             wait = timeout if timeout is not None else channel.brpop_timeout
             main = queues[0]
-            command: list[Any] = ["BLMOVE", main, main, "RIGHT", "RIGHT", wait or 0]
-        else:
-            lists = [channel._q_for_pri(queue, priority)
-                     for priority in channel.priority_steps for queue in queues]
-            room = channel.qos.can_consume_max_estimate()
-            command = fetch_script.eval_args(
-                channel.unacked_key, channel.unacked_index_key, lists,
-                room if room else fetch_script.MAX_BATCH, time.time(),
-            )
-        self._pending_command = str(command[0])
-        channel._in_poll = channel.client.connection
+            self._pending_command = _WAIT_THEN_FETCH
+            packed = connection.pack_commands(
+                [["BLMOVE", main, main, "RIGHT", "RIGHT", wait or 0], fetch])
+            channel._in_poll = connection
+            channel._brpop_sent_at = time.monotonic()
+            connection.send_packed_command(packed)
+            return
+        self._pending_command = "EVAL"
+        channel._in_poll = connection
         channel._brpop_sent_at = time.monotonic()
-        channel.client.connection.send_command(*command)
+        connection.send_command(*fetch)
 
     def _brpop_read(self, **options: Any) -> bool:
         command = self._pending_command
@@ -390,8 +405,7 @@ class _FetchesInBatches:
         channel: Any = self
         try:
             try:
-                reply = channel.client.parse_response(channel.client.connection, command,
-                                                      **options)
+                reply = self._read_replies(command, options)
             except channel.connection_errors:
                 channel.client.connection.disconnect()
                 raise
@@ -399,10 +413,6 @@ class _FetchesInBatches:
             self._pending_command = None
             channel._in_poll = None
             channel._flush_brpop_reauth()
-        if command == "BLMOVE":
-            # Something arrived (or the wait timed out): either way, fetch next.
-            self._queue_was_empty = False
-            raise Empty()
         fetched = fetch_script.parse_reply(reply)
         self._queue_was_empty = not fetched.taken and not fetched.unreadable
         for item in fetched.unreadable:
@@ -420,6 +430,24 @@ class _FetchesInBatches:
         if not delivered:
             raise Empty()
         return True
+
+    def _read_replies(self, command: str, options: dict[str, Any]) -> Any:
+        """The fetch's reply; after a wait, the wait's reply is read (and dropped) first."""
+        channel: Any = self
+        client = channel.client
+        if command != _WAIT_THEN_FETCH:
+            return client.parse_response(client.connection, command, **options)
+        try:
+            # Whatever the wait saw stays in its list, for the fetch (or the next one).
+            client.parse_response(client.connection, "BLMOVE", **options)
+        except channel.connection_errors:
+            raise
+        except Exception:
+            # An error reply (READONLY after a failover...): the fetch's reply follows on
+            # the same connection and must be read, or every later reply is off by one.
+            client.parse_response(client.connection, "EVAL")
+            raise
+        return client.parse_response(client.connection, "EVAL")
 
     def _queue_of(self, list_key: str) -> str:
         channel: Any = self
