@@ -72,10 +72,9 @@ worker_start_time = Gauge(
 
 _OUTCOME_BY_STATE = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 
-# task id -> (monotonic start, queue, task name), for runtime and the in-flight gauge. Thread
-# pools run tasks concurrently, hence the lock.
-_running: dict[str, tuple[float, str, str]] = {}
-_running_lock = threading.Lock()
+# task id -> (monotonic start, its series), for runtime and the in-flight gauge. One dict
+# operation per access (atomic under the GIL): thread pools need no lock around it.
+_running: dict[str, tuple[float, _TaskSeries]] = {}
 
 #: The queue this worker consumes, set once at start: the label for worker-wide series.
 _worker_queue: str = UNKNOWN
@@ -158,30 +157,57 @@ def _child(metric: Any, *labels: str) -> Any:
     return child
 
 
+class _TaskSeries:
+    """The buffered children one task name on one queue updates on every run, looked up
+    once per run instead of once per update."""
+
+    __slots__ = ("_runtimes", "in_flight", "name", "queue", "wait")
+
+    def __init__(self, queue: str, name: str) -> None:
+        self.queue, self.name = queue, name
+        self.in_flight = _child(tasks_in_flight, queue, name)
+        self.wait = _child(task_wait, queue, name)
+        self._runtimes: dict[str | None, Any] = {}
+
+    def runtime(self, state: str | None) -> Any:
+        child = self._runtimes.get(state)
+        if child is None:
+            outcome = _OUTCOME_BY_STATE.get(str(state), str(state).lower() if state else UNKNOWN)
+            child = self._runtimes[state] = _child(task_runtime, self.queue, self.name, outcome)
+        return child
+
+
+_series: dict[tuple[str, str], _TaskSeries] = {}
+
+
+def _series_of(queue: str, name: str) -> _TaskSeries:
+    series = _series.get((queue, name))
+    if series is None:
+        series = _series[(queue, name)] = _TaskSeries(queue, name)
+    return series
+
+
 def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None or task_id is None:
         return
     request = task.request
-    queue, name = queue_of(request), str(task.name)
-    with _running_lock:
-        _running[task_id] = (time.monotonic(), queue, name)
-    _child(tasks_in_flight, queue, name).inc()
+    series = _series_of(queue_of(request), str(task.name))
+    _running[task_id] = (time.monotonic(), series)
+    series.in_flight.inc()
     waited = wait_seconds(request, time.time())
     if waited is not None:
-        _child(task_wait, queue, name).observe(waited)
+        series.wait.observe(waited)
 
 
 def _postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
     if task_id is None:
         return
-    with _running_lock:
-        running = _running.pop(task_id, None)
+    running = _running.pop(task_id, None)
     if running is None:
         return
-    started, queue, name = running
-    _child(tasks_in_flight, queue, name).dec()
-    outcome = _OUTCOME_BY_STATE.get(str(state), str(state).lower() if state else UNKNOWN)
-    _child(task_runtime, queue, name, outcome).observe(time.monotonic() - started)
+    started, series = running
+    series.in_flight.dec()
+    series.runtime(state).observe(time.monotonic() - started)
 
 
 def _retry(request: Any = None, reason: Any = None, sender: Any = None, **_: Any) -> None:
@@ -196,9 +222,7 @@ def _failure(
     request = getattr(sender, "request", None)
     queue, name = queue_of(request), str(getattr(sender, "name", UNKNOWN))
     task_failures.labels(queue, name, _exception_name(exception)).inc()
-    with _running_lock:
-        ran_here = task_id in _running
-    if not ran_here:
+    if task_id not in _running:
         # The main process reports a pool process killed at the hard time limit (or lost),
         # and no postrun follows: count the run in the runtime histogram here, at the limit
         # it ran to, so that its _count stays the number of runs.
