@@ -335,14 +335,22 @@ def _verified_template(
 
 
 def _rendered(
-    app: PlatformCelery, template: MessageTemplate, items: list[_Checked],
+    limits: _ReprLimits, template: MessageTemplate, items: list[_Checked],
     root_id: str | None,
 ) -> Iterator[str]:
     """Each item's message from ``template``: only what varies per task is encoded."""
-    limits = _ReprLimits.of(app)
     now = time.time
     for item, delivery_tag in zip(items, random_uuid4s(len(items)), strict=True):
         yield _render_one(limits, template, item, root_id, now(), delivery_tag)
+
+
+@dataclass(frozen=True, slots=True)
+class _KeptTemplate:
+    """A verified template kept across calls, with what rendering from it needs."""
+
+    template: MessageTemplate
+    list_key: str
+    limits: _ReprLimits
 
 
 def _from_template(
@@ -403,6 +411,10 @@ class TaskProducer:
         self.settings = settings
         self.app = app if app is not None else create_app(settings, include_tasks=False)
         self._redis = connect(settings)
+        #: Per (task name, queue, reply-to), a template verified against a message kombu
+        #: wrote, and the list it went onto: later publishes outside a task skip Celery and
+        #: kombu (``_build``).
+        self._templates: dict[tuple[str, str, str], _KeptTemplate] = {}
 
     def enqueue(
         self,
@@ -616,18 +628,29 @@ class TaskProducer:
         the others are made from it, changing only what differs per task (id, arguments
         and their reprs, eta, headers, delivery tag), with the publish signals still sent
         per message. Where that shortcut could differ (compression, task-sent events, a
-        queue with an expiry), every message takes the whole way. Nothing here retries:
-        the batch's single write does.
+        queue with an expiry), every message takes the whole way. Outside a task, the
+        template of the first message is kept, and later calls for the same task and queue
+        start from it: none of their messages goes through Celery and kombu. Nothing here
+        retries: the batch's single write does.
         """
         app = self.app
+        reply_to = app.thread_oid
+        parent = app.current_worker_task
+        # A task's parent and root are in its headers: only publishes from outside a task
+        # share a template across calls.
+        cache_key = (task_name, queue, reply_to) if parent is None else None
+        sent_event = app.conf.task_send_sent_event
+        plain = not sent_event and not app.conf.task_compression
+        if cache_key is not None and plain and not _publish_observed(task_name):
+            kept = self._templates.get(cache_key)
+            if kept is not None:
+                return [("lpush", (kept.list_key, payload))
+                        for payload in _rendered(kept.limits, kept.template, items, None)]
         amqp = app.amqp
         routed = amqp.router.route({"queue": queue}, task_name, (), {}, None)
         options: dict[str, Any] = {
             **routed, "retry": False, "retry_policy": PUBLISH_RETRY_POLICY, "declare": [],
         }
-        reply_to = app.thread_oid
-        sent_event = app.conf.task_send_sent_event
-        parent = app.current_worker_task
         root_id = (parent.request.root_id or parent.request.id) if parent else None
         parent_id = parent.request.id if parent else None
 
@@ -650,32 +673,34 @@ class TaskProducer:
             celery_headers = dict(first.headers)
             amqp.send_task_message(kombu_producer, task_name, first,
                                    headers=_platform_headers(items[0]), **options)
-            template = collector.last_message
+            message = collector.last_message
             shortcut = (
-                template is not None
+                message is not None
                 and len(collector.commands) == 1
                 and collector.commands[0][0] == "lpush"
-                and not sent_event
-                and not app.conf.task_compression
+                and plain
             )
             if not shortcut:
                 for item in items[1:]:
                     amqp.send_task_message(kombu_producer, task_name, celery_message(item),
                                            headers=_platform_headers(item), **options)
                 return collector.take()
-            assert template is not None
-            key, written = collector.commands[0][1]
+            assert message is not None
+            list_key, written = collector.commands[0][1]
             commands = collector.take()
             rest = items[1:]
             fast = None
-            if rest and not _publish_observed(task_name):
-                fast = _verified_template(app, template, written, items[0], root_id)
+            if (rest or cache_key is not None) and not _publish_observed(task_name):
+                fast = _verified_template(app, message, written, items[0], root_id)
+                if fast is not None and cache_key is not None:
+                    self._templates[cache_key] = _KeptTemplate(fast, list_key,
+                                                               _ReprLimits.of(app))
             payloads = (
-                _rendered(app, fast, rest, root_id) if fast is not None
+                _rendered(_ReprLimits.of(app), fast, rest, root_id) if fast is not None
                 else _from_template(app, kombu_producer.channel, task_name, queue, rest,
-                                    template, celery_headers, root_id)
+                                    message, celery_headers, root_id)
             )
-            commands.extend(("lpush", (key, payload)) for payload in payloads)
+            commands.extend(("lpush", (list_key, payload)) for payload in payloads)
             return commands
 
     def _confirms(self, queue: str) -> bool:

@@ -115,9 +115,10 @@ def with_varying_values_marked(raw: str) -> str:
     return raw.replace(repr(message["headers"][headers.ENQUEUED_AT]), "<time>")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def roomy_producer(sentinel_topology: SentinelTopology) -> Iterator[TaskProducer]:
-    """A producer whose payload limit lets an argument list outgrow Celery's repr cut."""
+    """A new producer (no template kept yet), its payload limit high enough for an argument
+    list to outgrow Celery's repr cut."""
     env = {**sentinel_topology.settings_env(), "PLATFORM_TASKS_MAX_PAYLOAD_BYTES": "65536"}
     with TaskProducer(load_settings(env)) as client:
         yield client
@@ -131,7 +132,7 @@ TEMPLATE_SHAPES = [
     *SHAPES,
     ("arguments cut in the reprs", "platform_tasks.default.sum_numbers", "default",
      {"args": [list(range(2000))]}),
-    ("payment, keys with quotes and unicode", "platform_tasks.payments.process_payment",
+    ("payment, quotes and unicode", "platform_tasks.payments.process_payment",
      "payments", {"kwargs": {"transaction_id": 'tx-"ü"', "amount": "12.50",
                              "currency": "EUR", "idempotency_key": "pay-\\'é'-0001"},
                   "correlation_id": "req-\"ü\""}),
@@ -140,43 +141,58 @@ TEMPLATE_SHAPES = [
 
 @pytest.mark.parametrize(("task_name", "queue", "call"),
                          [s[1:] for s in TEMPLATE_SHAPES], ids=[s[0] for s in TEMPLATE_SHAPES])
-def test_messages_made_from_the_template_are_kombus_bytes(
+def test_messages_made_from_a_template_are_kombus_bytes(
     roomy_producer: TaskProducer, master: redis.Redis, monkeypatch: pytest.MonkeyPatch,
     task_name: str, queue: str, call: dict[str, Any],
 ) -> None:
-    rendered: list[int] = []
-    render_batch = producer_module._rendered
+    rendered: list[str] = []
+    render = producer_module._rendered
 
     def counting(*args: Any) -> Iterator[str]:
-        for payload in render_batch(*args):
-            rendered.append(1)
+        for payload in render(*args):
+            rendered.append(payload)
             yield payload
 
     monkeypatch.setattr(producer_module, "_rendered", counting)
     key = call.get("idempotency_key")
 
-    def requests(run: str) -> list[EnqueueRequest]:
-        return [EnqueueRequest(**{**call, "idempotency_key": f"{key}-{run}{n}" if key else None})
-                for n in range(4)]
+    def run(label: str, count: int = 4) -> list[str]:
+        """Publish ``count`` tasks (fresh idempotency keys: earlier ones stay claimed);
+        their messages, with the keys written as run "a"'s."""
+        requests = [EnqueueRequest(**{**call, "idempotency_key":
+                                      f"{key}-{label}{n}" if key else None})
+                    for n in range(count)]
+        roomy_producer.enqueue_many(task_name, requests, queue=queue)
+        messages = raw_published(master, queue)
+        master.delete(queue)
+        if key:
+            messages = [raw.replace(f"{key}-{label}", f"{key}-a") for raw in messages]
+        return [with_varying_values_marked(raw) for raw in messages]
 
-    roomy_producer.enqueue_many(task_name, requests("a"), queue=queue)
-    spliced = raw_published(master, queue)
+    # The first message is Celery's and kombu's, the rest are spliced from its template.
+    first_batch = run("a")
     assert len(rendered) == 3, "the batch did not take the template path"
+    # The template is kept: a later call makes every message from it.
+    kept = run("b")
+    assert len(rendered) == 7, "the later call did not start from the kept template"
+    single_id = roomy_producer.enqueue(
+        task_name, queue=queue, **{**call, "idempotency_key": f"{key}-d0" if key else None})
+    assert len(rendered) == 8
+    single = raw_published(master, queue)
     master.delete(queue)
+    if key:
+        single = [raw.replace(f"{key}-d", f"{key}-a") for raw in single]
     before_task_publish.connect(_observer, weak=False)
     try:
-        # Fresh keys: the first run's are claimed for the idempotency window.
-        roomy_producer.enqueue_many(task_name, requests("b"), queue=queue)
+        by_kombu = run("c")
     finally:
         before_task_publish.disconnect(_observer)
-    by_kombu = raw_published(master, queue)
 
-    assert len(rendered) == 3, "with a receiver connected, every message must be kombu's"
-    if key:
-        by_kombu = [raw.replace(f"{key}-b", f"{key}-a") for raw in by_kombu]
-    assert [with_varying_values_marked(raw) for raw in spliced] == [
-        with_varying_values_marked(raw) for raw in by_kombu
-    ]
+    assert len(rendered) == 8, "with a receiver connected, every message must be kombu's"
+    assert first_batch == by_kombu
+    assert kept == by_kombu
+    assert [with_varying_values_marked(raw) for raw in single] == by_kombu[:1]
+    assert json.loads(single[0])["headers"]["id"] == single_id
 
 
 def test_plain_pairs_and_a_shared_correlation_id(
