@@ -432,6 +432,9 @@ class SeedCelerySystem(System):
         self._results.flushdb()
         self._probes.reset()
         self.expected = 0
+        # Taken now, while no worker runs: one started later would run the template task
+        # before it could be read back (the latency scenario fills behind a running worker).
+        self._message_template()
 
     def _message_template(self) -> str:
         """One real ``add.delay(0, 0)`` message, taken back off the queue."""
