@@ -405,7 +405,7 @@ class _FetchesInBatches:
         channel: Any = self
         try:
             try:
-                reply = self._read_replies(command, options)
+                wait_error, reply = self._read_replies(command, options)
             except channel.connection_errors:
                 channel.client.connection.disconnect()
                 raise
@@ -415,6 +415,15 @@ class _FetchesInBatches:
             channel._flush_brpop_reauth()
         fetched = fetch_script.parse_reply(reply)
         self._queue_was_empty = not fetched.taken and not fetched.unreadable
+        if wait_error is not None:
+            if self._queue_was_empty:
+                # Nothing was taken: fail the poll as a failed wait always did (and an idle
+                # worker does not spin on a wait that fails at once).
+                raise wait_error
+            # The fetch took messages and recorded them as unacked: deliver them, or they
+            # would sit out the visibility timeout. The wait only said when to fetch.
+            logger.warning("the wait before a fetch failed (%r); delivering what the "
+                           "fetch took", wait_error)
         for item in fetched.unreadable:
             self._dead_letter_unreadable(item.text, self._queue_of(item.list_key))
         delivered = False
@@ -431,23 +440,27 @@ class _FetchesInBatches:
             raise Empty()
         return True
 
-    def _read_replies(self, command: str, options: dict[str, Any]) -> Any:
-        """The fetch's reply; after a wait, the wait's reply is read (and dropped) first."""
+    def _read_replies(self, command: str,
+                      options: dict[str, Any]) -> tuple[Exception | None, Any]:
+        """The fetch's reply, and the wait's error reply if a wait went before it and failed.
+
+        After a wait both replies are read, whatever the first one is: the fetch's follows
+        on the same connection, and leaving it unread would put every later reply off by
+        one. A connection error is raised at once (the connection is then dropped).
+        """
         channel: Any = self
         client = channel.client
         if command != _WAIT_THEN_FETCH:
-            return client.parse_response(client.connection, command, **options)
+            return None, client.parse_response(client.connection, command, **options)
+        wait_error: Exception | None = None
         try:
             # Whatever the wait saw stays in its list, for the fetch (or the next one).
             client.parse_response(client.connection, "BLMOVE", **options)
         except channel.connection_errors:
             raise
-        except Exception:
-            # An error reply (READONLY after a failover...): the fetch's reply follows on
-            # the same connection and must be read, or every later reply is off by one.
-            client.parse_response(client.connection, "EVAL")
-            raise
-        return client.parse_response(client.connection, "EVAL")
+        except Exception as error:  # an error reply: READONLY after a failover, NOPERM...
+            wait_error = error
+        return wait_error, client.parse_response(client.connection, "EVAL")
 
     def _queue_of(self, list_key: str) -> str:
         channel: Any = self
