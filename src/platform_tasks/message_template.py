@@ -112,15 +112,17 @@ class MessageTemplate:
         marks["body"] = f"\x00{token}:body"
         encoded = _KOMBU_JSON.encode({**message, "body": marks["body"],
                                       "headers": message_headers, "properties": properties})
+        # The marks as the JSON holds them (quoted, the NUL escaped).
+        quoted = {name: encode_basestring_ascii(mark) for name, mark in marks.items()}
         fragments: list[str] = []
         rest = encoded
         for name in _ORDER:
-            before, found, rest = rest.partition(encode_basestring_ascii(marks[name]))
+            before, found, rest = rest.partition(quoted[name])
             # Each mark once and in this order, or the message is not the shape rendered.
-            if not found or marks[name] in before:
+            if not found or any(mark[1:-1] in before for mark in quoted.values()):
                 return None
             fragments.append(before)
-        if any(mark in rest for mark in marks.values()):
+        if any(mark[1:-1] in rest for mark in quoted.values()):
             return None
         fragments.append(rest)
         return cls(tuple(fragments))

@@ -7,6 +7,7 @@ a refused call leaves no trace on the broker.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -411,10 +412,10 @@ class TaskProducer:
         self.settings = settings
         self.app = app if app is not None else create_app(settings, include_tasks=False)
         self._redis = connect(settings)
-        #: Per (task name, queue, reply-to), a template verified against a message kombu
+        #: Per (task name, queue, reply-to, pid), a template verified against a message kombu
         #: wrote, and the list it went onto: later publishes outside a task skip Celery and
         #: kombu (``_build``).
-        self._templates: dict[tuple[str, str, str], _KeptTemplate] = {}
+        self._templates: dict[tuple[str, str, str, int], _KeptTemplate] = {}
 
     def enqueue(
         self,
@@ -637,8 +638,9 @@ class TaskProducer:
         reply_to = app.thread_oid
         parent = app.current_worker_task
         # A task's parent and root are in its headers: only publishes from outside a task
-        # share a template across calls.
-        cache_key = (task_name, queue, reply_to) if parent is None else None
+        # share a template across calls. The pid is in Celery's ``origin`` header: a forked
+        # child makes its own.
+        cache_key = (task_name, queue, reply_to, os.getpid()) if parent is None else None
         sent_event = app.conf.task_send_sent_event
         plain = not sent_event and not app.conf.task_compression
         if cache_key is not None and plain and not _publish_observed(task_name):

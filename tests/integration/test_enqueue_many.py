@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -125,7 +126,52 @@ def roomy_producer(sentinel_topology: SentinelTopology) -> Iterator[TaskProducer
 
 
 def _observer(**_: Any) -> None:
-    """A publish receiver of someone else's: with it connected every message is kombu's."""
+    """A publish receiver of someone else's: with it connected, no template is used."""
+
+
+def publish(producer: TaskProducer, master: redis.Redis, task_name: str, queue: str,
+            requests: list[EnqueueRequest], *, each_through_kombu: bool = False) -> list[str]:
+    """Publish ``requests`` and return their messages as stored (the queue emptied after).
+
+    ``each_through_kombu``: every request is a call of its own with a publish receiver
+    connected, so each message is the first of its batch and goes all the way through
+    Celery and kombu: the reference the spliced messages are compared with.
+    """
+    if each_through_kombu:
+        before_task_publish.connect(_observer, weak=False)
+        try:
+            for request in requests:
+                producer.enqueue_many(task_name, [request], queue=queue)
+        finally:
+            before_task_publish.disconnect(_observer)
+    else:
+        producer.enqueue_many(task_name, requests, queue=queue)
+    messages = raw_published(master, queue)
+    master.delete(queue)
+    return messages
+
+
+def marked(messages: list[str], relabel: tuple[str, str] | None = None) -> list[str]:
+    """The messages with their varying values marked, and idempotency keys of one run
+    written as another's (``relabel``: a key, once claimed, is not published again)."""
+    if relabel is not None:
+        messages = [raw.replace(*relabel) for raw in messages]
+    return [with_varying_values_marked(raw) for raw in messages]
+
+
+@pytest.fixture
+def rendered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every message made from a template from now on, in order."""
+    made: list[str] = []
+    render = producer_module._rendered
+
+    def counting(*args: Any) -> Iterator[str]:
+        for payload in render(*args):
+            made.append(payload)
+            yield payload
+
+    monkeypatch.setattr(producer_module, "_rendered", counting)
+    return made
 
 
 TEMPLATE_SHAPES = [
@@ -142,57 +188,68 @@ TEMPLATE_SHAPES = [
 @pytest.mark.parametrize(("task_name", "queue", "call"),
                          [s[1:] for s in TEMPLATE_SHAPES], ids=[s[0] for s in TEMPLATE_SHAPES])
 def test_messages_made_from_a_template_are_kombus_bytes(
-    roomy_producer: TaskProducer, master: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+    roomy_producer: TaskProducer, master: redis.Redis, rendered: list[str],
     task_name: str, queue: str, call: dict[str, Any],
 ) -> None:
-    rendered: list[str] = []
-    render = producer_module._rendered
-
-    def counting(*args: Any) -> Iterator[str]:
-        for payload in render(*args):
-            rendered.append(payload)
-            yield payload
-
-    monkeypatch.setattr(producer_module, "_rendered", counting)
     key = call.get("idempotency_key")
 
-    def run(label: str, count: int = 4) -> list[str]:
-        """Publish ``count`` tasks (fresh idempotency keys: earlier ones stay claimed);
-        their messages, with the keys written as run "a"'s."""
-        requests = [EnqueueRequest(**{**call, "idempotency_key":
-                                      f"{key}-{label}{n}" if key else None})
-                    for n in range(count)]
-        roomy_producer.enqueue_many(task_name, requests, queue=queue)
-        messages = raw_published(master, queue)
-        master.delete(queue)
-        if key:
-            messages = [raw.replace(f"{key}-{label}", f"{key}-a") for raw in messages]
-        return [with_varying_values_marked(raw) for raw in messages]
+    def requests(label: str, count: int = 4) -> list[EnqueueRequest]:
+        return [EnqueueRequest(**{**call, "idempotency_key":
+                                  f"{key}-{label}{n}" if key else None})
+                for n in range(count)]
+
+    def relabel(label: str) -> tuple[str, str] | None:
+        return (f"{key}-{label}", f"{key}-a") if key else None
 
     # The first message is Celery's and kombu's, the rest are spliced from its template.
-    first_batch = run("a")
+    first_batch = marked(publish(roomy_producer, master, task_name, queue, requests("a")))
     assert len(rendered) == 3, "the batch did not take the template path"
     # The template is kept: a later call makes every message from it.
-    kept = run("b")
+    kept = marked(publish(roomy_producer, master, task_name, queue, requests("b")),
+                  relabel("b"))
     assert len(rendered) == 7, "the later call did not start from the kept template"
-    single_id = roomy_producer.enqueue(
-        task_name, queue=queue, **{**call, "idempotency_key": f"{key}-d0" if key else None})
+    single_id = roomy_producer.enqueue(task_name, queue=queue,
+                                       **{**call, "idempotency_key": f"{key}-d0" if key else None})
     assert len(rendered) == 8
     single = raw_published(master, queue)
     master.delete(queue)
-    if key:
-        single = [raw.replace(f"{key}-d", f"{key}-a") for raw in single]
-    before_task_publish.connect(_observer, weak=False)
-    try:
-        by_kombu = run("c")
-    finally:
-        before_task_publish.disconnect(_observer)
+    by_kombu = marked(publish(roomy_producer, master, task_name, queue, requests("c"),
+                              each_through_kombu=True), relabel("c"))
 
-    assert len(rendered) == 8, "with a receiver connected, every message must be kombu's"
+    assert len(rendered) == 8, "with a receiver connected, no message may be spliced"
     assert first_batch == by_kombu
     assert kept == by_kombu
-    assert [with_varying_values_marked(raw) for raw in single] == by_kombu[:1]
+    assert marked(single, relabel("d")) == by_kombu[:1]
     assert json.loads(single[0])["headers"]["id"] == single_id
+
+
+def test_a_batch_of_different_calls_is_spliced_as_kombu_writes_each(
+    roomy_producer: TaskProducer, master: redis.Redis, rendered: list[str],
+) -> None:
+    # Only the batch's first message is checked against kombu at run time: the others
+    # differ from it here in every field a call can vary.
+    def requests(label: str) -> list[EnqueueRequest]:
+        return [
+            EnqueueRequest(args=[1, 2]),
+            EnqueueRequest(args=[3.5, -4], eta=ETA, correlation_id="req-\"é\""),
+            EnqueueRequest(kwargs={"x": 5, "y": 6}, idempotency_key=f"mix-{label}"),
+            EnqueueRequest(args=(7,), kwargs={"y": 8}, countdown=90),
+            EnqueueRequest(args=[9, 10], correlation_id="req-2"),
+        ]
+
+    batch = publish(roomy_producer, master, ADD, "default", requests("a"))
+    assert len(rendered) == 4
+    one_by_one = publish(roomy_producer, master, ADD, "default", requests("b"),
+                         each_through_kombu=True)
+
+    assert len(rendered) == 4
+    assert [json.loads(raw)["headers"]["eta"] is None for raw in batch] == [
+        True, False, True, False, True]
+    spliced, by_kombu = marked(batch), marked(one_by_one, ("mix-b", "mix-a"))
+    # A countdown becomes an eta from the moment of the call: same shape, another instant.
+    spliced[3], by_kombu[3] = (re.sub(r'"eta": "[^"]+"', '"eta": "<eta>"', raw)
+                               for raw in (spliced[3], by_kombu[3]))
+    assert spliced == by_kombu
 
 
 def test_plain_pairs_and_a_shared_correlation_id(
