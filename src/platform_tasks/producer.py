@@ -318,7 +318,7 @@ def _render_one(
 
 
 def _verified_template(
-    app: PlatformCelery, message: dict[str, Any], written: str, first: _Checked,
+    limits: _ReprLimits, message: dict[str, Any], written: str, first: _Checked,
     root_id: str | None,
 ) -> MessageTemplate | None:
     """A template of ``message``, if it renders that message exactly as kombu wrote it.
@@ -329,7 +329,7 @@ def _verified_template(
     template = MessageTemplate.from_message(message)
     if template is None:
         return None
-    again = _render_one(_ReprLimits.of(app), template, first, root_id,
+    again = _render_one(limits, template, first, root_id,
                         message["headers"][headers.ENQUEUED_AT],
                         message["properties"]["delivery_tag"])
     return template if again == written else None
@@ -692,13 +692,13 @@ class TaskProducer:
             commands = collector.take()
             rest = items[1:]
             fast = None
+            limits = _ReprLimits.of(app)
             if (rest or cache_key is not None) and not _publish_observed(task_name):
-                fast = _verified_template(app, message, written, items[0], root_id)
+                fast = _verified_template(limits, message, written, items[0], root_id)
                 if fast is not None and cache_key is not None:
-                    self._templates[cache_key] = _KeptTemplate(fast, list_key,
-                                                               _ReprLimits.of(app))
+                    self._templates[cache_key] = _KeptTemplate(fast, list_key, limits)
             payloads = (
-                _rendered(_ReprLimits.of(app), fast, rest, root_id) if fast is not None
+                _rendered(limits, fast, rest, root_id) if fast is not None
                 else _from_template(app, kombu_producer.channel, task_name, queue, rest,
                                     message, celery_headers, root_id)
             )
