@@ -34,8 +34,8 @@ PROGRAM = textwrap.dedent(
     emit("platform_tasks.task", "info", "task_received", identity())
     assert emit_with_fields("platform_tasks.task", "info", "task_received",
                             encode_fields(identity()), _FIELD_NAMES, fields_first=True)
-    # started / succeeded: the identity bound in the context
-    structlog.contextvars.bind_contextvars(**identity())
+    # started / succeeded: the identity bound in the context, as task_prerun binds it
+    bound_context.bind_identity(identity())
     encoded = encode_fields(identity())
     emit("platform_tasks.task", "info", "task_started", {})
     assert emit_with_fields("platform_tasks.task", "info", "task_started", encoded,
@@ -47,7 +47,9 @@ PROGRAM = textwrap.dedent(
     structlog.contextvars.bind_contextvars(order="o-7")
     assert not emit_with_fields("platform_tasks.task", "info", "task_succeeded", encoded,
                                 _FIELD_NAMES, {"runtime_ms": 1.5})
+    structlog.get_logger("platform_tasks.tasks").info("charged")
     bound_context.clear()
+    structlog.get_logger("platform_tasks.tasks").info("after the task")
     """
 )
 
@@ -58,8 +60,13 @@ def test_spliced_lines_equal_the_pipelines_own() -> None:
     done = subprocess.run([sys.executable, "-c", PROGRAM], env=ENV, capture_output=True,
                           text=True, timeout=60, check=True)
     lines = done.stdout.splitlines()
-    assert len(lines) == 6, done.stdout + done.stderr
-    for slow, fast in zip(lines[::2], lines[1::2], strict=True):
+    assert len(lines) == 8, done.stdout + done.stderr
+    inside, after = json.loads(lines[6]), json.loads(lines[7])
+    # the task's own field and its identity, identity first; nothing once cleared
+    assert list(inside)[:3] == ["event", "task_id", "task_name"]
+    assert inside["order"] == "o-7" and inside["root_id"] == "r-1"
+    assert not {"order", "task_id"} & set(after)
+    for slow, fast in zip(lines[:6:2], lines[1:6:2], strict=True):
         slow_line, fast_line = json.loads(slow), json.loads(fast)
         assert list(slow_line) == list(fast_line)  # the same keys in the same order
         slow_line.pop("timestamp")

@@ -1,15 +1,19 @@
-"""structlog's context-local variables, read and cleared without walking every context var.
+"""What a log line inherits from its context: the running task's identity, and whatever code
+bound with ``structlog.contextvars``.
 
-``structlog.contextvars.merge_contextvars`` and ``clear_contextvars`` copy the whole context
-and test the name of every context variable in it (Celery's, kombu's, redis-py's…), on every
-log line and twice per task. structlog keeps its own variables in one registry
-(``structlog.contextvars._CONTEXT_VARS``); reading that is the same result for a fraction of
-the cost. Should a structlog release drop the registry, structlog's own functions are used.
+The identity is one context variable holding one dict, set when a task starts and unset
+when it ends: binding its eight fields with ``bind_contextvars`` set eight variables, and
+unbinding them walked every variable structlog ever created, twice per task. What code binds
+itself (``structlog.contextvars.bind_contextvars(order=…)``) stays in structlog's own
+variables, read here from structlog's registry (``structlog.contextvars._CONTEXT_VARS``)
+instead of copying the whole context and testing the name of every variable in it
+(Celery's, kombu's, redis-py's…) on every line. Should a structlog release drop the
+registry, structlog's own functions are used.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -20,52 +24,83 @@ _REGISTRY: dict[str, ContextVar[Any]] | None = getattr(
     structlog_contextvars, "_CONTEXT_VARS", None
 )
 
+#: The running task's identity fields, or None outside a task.
+_identity: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "platform_tasks_task_identity", default=None
+)
 
-def merge(logger: Any, method_name: str,
-          event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """The processor: what ``bind_contextvars`` bound in this context, under the line's own
-    keys (a key the line sets itself wins)."""
+
+def bind_identity(fields: Mapping[str, Any]) -> None:
+    """Put ``fields`` (not copied: the caller keeps it unchanged) on every line logged in
+    this context until :func:`clear`."""
+    _identity.set(fields)
+
+
+def _bound_by_code() -> dict[str, Any]:
+    """What ``bind_contextvars`` bound in this context, by key."""
     if _REGISTRY is None:
-        return structlog_contextvars.merge_contextvars(logger, method_name, event_dict)
+        return structlog_contextvars.get_contextvars()
+    bound: dict[str, Any] = {}
+    prefix_length = len(_PREFIX)
     for name, variable in list(_REGISTRY.items()):
         value = variable.get(Ellipsis)
         if value is not Ellipsis:
-            event_dict.setdefault(name[len(_PREFIX):], value)
+            bound[name[prefix_length:]] = value
+    return bound
+
+
+def merge(logger: Any, method_name: str,
+          event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The processor: the identity, then what code bound, under the line's own keys (a key
+    the line sets itself wins; a key code bound wins over the identity's)."""
+    identity = _identity.get()
+    bound = _bound_by_code() if _REGISTRY is None or _REGISTRY else {}
+    if identity is None:
+        for key, value in bound.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+    for key, value in identity.items():
+        event_dict.setdefault(key, bound.pop(key, value))
+    for key, value in bound.items():
+        event_dict.setdefault(key, value)
     return event_dict
 
 
 def names() -> set[str]:
     """The keys bound in this context right now."""
-    if _REGISTRY is None:
-        return set(structlog_contextvars.get_contextvars())
-    return {name[len(_PREFIX):] for name, variable in list(_REGISTRY.items())
-            if variable.get(Ellipsis) is not Ellipsis}
+    identity = _identity.get()
+    return set(_bound_by_code()) | (set(identity) if identity is not None else set())
 
 
-_only_cache: dict[frozenset[str], tuple[int, bool]] = {}
+def bound_by_code_only(allowed: frozenset[str]) -> bool:
+    """Whether code bound nothing in this context but keys in ``allowed``.
 
-
-def bound_only(allowed: frozenset[str]) -> bool:
-    """Whether nothing but keys in ``allowed`` is bound in this context.
-
-    structlog creates a variable per key the first time any code binds it; while every
-    variable it ever created is for an allowed key, the answer is yes without reading them.
+    structlog creates a variable per key the first time any code binds it; while it never
+    created one, or only for allowed keys, the answer is yes without reading them.
     """
     if _REGISTRY is None:
-        return not (names() - allowed)
+        return not (set(structlog_contextvars.get_contextvars()) - allowed)
+    if not _REGISTRY:
+        return True
     size = len(_REGISTRY)
     cached = _only_cache.get(allowed)
     if cached is None or cached[0] != size:
         prefix_length = len(_PREFIX)
         cached = (size, all(name[prefix_length:] in allowed for name in list(_REGISTRY)))
         _only_cache[allowed] = cached
-    return cached[1] or not (names() - allowed)
+    return cached[1] or not (set(_bound_by_code()) - allowed)
+
+
+_only_cache: dict[frozenset[str], tuple[int, bool]] = {}
 
 
 def clear() -> None:
-    """Unbind everything ``bind_contextvars`` bound in this context."""
+    """Unbind the identity and everything ``bind_contextvars`` bound in this context."""
+    _identity.set(None)
     if _REGISTRY is None:
         structlog_contextvars.clear_contextvars()
+        return
+    if not _REGISTRY:
         return
     for variable in list(_REGISTRY.values()):
         if variable.get(Ellipsis) is not Ellipsis:

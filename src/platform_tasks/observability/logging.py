@@ -420,7 +420,7 @@ def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
         shape = _shape(pipeline, logger_name, method, event, fields_first)
     if shape.level < pipeline.level:
         return True
-    if not bound_context.bound_only(names):
+    if not bound_context.bound_by_code_only(names):
         return False
     body = encoded + shape.event_part if fields_first else shape.event_part + encoded
     if extra:

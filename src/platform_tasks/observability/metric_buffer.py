@@ -17,6 +17,7 @@ import atexit
 import bisect
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 #: Seconds between two writes of the buffered sums.
@@ -105,13 +106,24 @@ def _register(buffer: BufferedValue | BufferedHistogram) -> None:
     _ensure_flusher()
 
 
+#: Called first by every flush: metrics computed from state once a second.
+_flush_hooks: list[Callable[[], None]] = []
+
+
+def before_each_flush(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at every flush (once a second, and at exit), from this process on."""
+    if hook not in _flush_hooks:
+        _flush_hooks.append(hook)
+    _ensure_flusher()
+
+
 def flush() -> None:
     """Write every pending sum now (the flusher does it once a second, and at exit)."""
     with _buffers_lock:
         buffers = list(_buffers)
-    for buffer in buffers:
+    for work in [*_flush_hooks, *(buffer.flush for buffer in buffers)]:
         try:
-            buffer.flush()
+            work()
         except Exception:  # a metric must never break the worker; the next flush retries
             import logging
 
@@ -139,7 +151,7 @@ def _after_fork_in_child() -> None:
     _flusher_pid = None
     for buffer in _buffers:
         buffer.forget()
-    if _buffers:
+    if _buffers or _flush_hooks:
         _ensure_flusher()
 
 

@@ -1,7 +1,7 @@
 """Task context on every log line inside a task, and each lifecycle event logged once.
 
-``task_prerun`` binds the task's identity with :mod:`structlog.contextvars`, so any line the
-task logs (structlog or stdlib) carries it; ``task_postrun`` clears it. The events received,
+``task_prerun`` binds the task's identity (:mod:`bound_context`), so any line the task logs
+(structlog or stdlib) carries it; ``task_postrun`` clears it. The events received,
 rejected and revoked happen in the worker's main process, outside any task, and carry the
 same fields read from the message.
 """
@@ -100,20 +100,22 @@ def _on_received(request: Any = None, **_: Any) -> None:
     _received[str(fields["task_id"])] = (fields, encoded)
 
 
-def _encoded_identity(task_id: str | None, fields: dict[str, Any]) -> str | None:
+def _identity(task_id: str | None, task: Any) -> tuple[dict[str, Any], str | None]:
+    """The task's identity fields and their encoding: those of its task_received line when
+    this process logged it (the same message, read a moment ago), else read afresh."""
     kept = _received.pop(task_id, None) if task_id is not None else None
-    if kept is not None and kept[0] == fields:
-        return kept[1]
-    return encode_fields(dict(fields))
+    if kept is not None and kept[0]["task_name"] == task.name:
+        return kept
+    fields = request_fields(task.request, task.name)
+    return fields, encode_fields(dict(fields))
 
 
 def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None:
         return
     bound_context.clear()
-    fields = request_fields(task.request, task.name)
-    structlog.contextvars.bind_contextvars(**fields)
-    encoded = _encoded_identity(task_id, fields)
+    fields, encoded = _identity(task_id, task)
+    bound_context.bind_identity(fields)
     if task_id is not None:
         _started[task_id] = time.monotonic()
         if encoded is not None:

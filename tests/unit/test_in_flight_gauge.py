@@ -1,0 +1,38 @@
+"""The in-flight gauge counts the tasks running right now, written at each metrics flush."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from prometheus_client import REGISTRY
+
+from platform_tasks.observability import metric_buffer, worker_metrics
+from platform_tasks.observability.catalog import TASKS_IN_FLIGHT
+
+TASK = "platform_tasks.default.in_flight_probe"
+
+
+def running_task() -> SimpleNamespace:
+    request = SimpleNamespace(delivery_info={"routing_key": "default"}, headers={}, eta=None)
+    return SimpleNamespace(name=TASK, request=request)
+
+
+def in_flight() -> float | None:
+    return REGISTRY.get_sample_value(TASKS_IN_FLIGHT.name, {"queue": "default", "task": TASK})
+
+
+def test_the_gauge_follows_starts_and_ends_at_each_flush() -> None:
+    metric_buffer.before_each_flush(worker_metrics._write_in_flight)
+    worker_metrics._prerun(task_id="a", task=running_task())
+    worker_metrics._prerun(task_id="b", task=running_task())
+    metric_buffer.flush()
+    assert in_flight() == 2.0
+
+    worker_metrics._postrun(task_id="a", state="SUCCESS")
+    metric_buffer.flush()
+    assert in_flight() == 1.0
+
+    worker_metrics._postrun(task_id="b", state="FAILURE")
+    worker_metrics._postrun(task_id="b", state="FAILURE")  # a second end changes nothing
+    metric_buffer.flush()
+    assert in_flight() == 0.0
