@@ -64,7 +64,8 @@ def test_spliced_lines_equal_the_pipelines_own() -> None:
     inside, after = json.loads(lines[6]), json.loads(lines[7])
     # the task's own field and its identity, identity first; nothing once cleared
     assert list(inside)[:3] == ["event", "task_id", "task_name"]
-    assert inside["order"] == "o-7" and inside["root_id"] == "r-1"
+    assert inside["order"] == "o-7"
+    assert inside["root_id"] == "r-1"
     assert not {"order", "task_id"} & set(after)
     for slow, fast in zip(lines[:6:2], lines[1:6:2], strict=True):
         slow_line, fast_line = json.loads(slow), json.loads(fast)

@@ -54,6 +54,9 @@ def _retries(request: Any) -> int:
 
 def request_fields(request: Any, task_name: str | None = None) -> dict[str, Any]:
     """The fields that identify a task, from a running task's or a worker's request."""
+    message = getattr(request, "request_dict", None)
+    if type(message) is dict and "id" in message:
+        return _message_fields(request, message, task_name)
     return {
         "task_id": getattr(request, "id", None),
         "task_name": task_name or getattr(request, "task", None) or getattr(
@@ -65,6 +68,22 @@ def request_fields(request: Any, task_name: str | None = None) -> dict[str, Any]
         "correlation_id": _correlation(request),
         "parent_id": getattr(request, "parent_id", None),
         "root_id": getattr(request, "root_id", None),
+    }
+
+
+def _message_fields(request: Any, message: dict[str, Any],
+                    task_name: str | None) -> dict[str, Any]:
+    # The worker's Request (received, revoked) keeps the message's headers in a dict: read
+    # there, a field it lacks is a dict miss rather than a failed attribute lookup.
+    return {
+        "task_id": message["id"],
+        "task_name": task_name or message.get("task") or getattr(request, "name", None),
+        "queue": _queue(request),
+        "retries": int(message.get("retries") or 0),
+        "worker": getattr(request, "hostname", None),
+        "correlation_id": message.get(headers.CORRELATION_ID),
+        "parent_id": message.get("parent_id"),
+        "root_id": message.get("root_id"),
     }
 
 
