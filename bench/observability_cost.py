@@ -12,6 +12,14 @@ lifecycle lines, no metric handlers). The two alternate, round by round, so drif
 machine's speed hits both. Prints medians, min/max and the on/off ratio, and the median of
 the rounds' own on/off ratios (each round's pair ran back to back, so a machine whose speed
 drifts during the run moves both alike).
+
+``--side-by-side``: on a machine whose speed swings from second to second (a shared VM), even
+back-to-back drains differ by more than the cost being measured. This mode runs "on" and
+"off" at the same time instead, each worker with its own pair of databases on the same
+servers, so every swing hits both alike. It counts the tasks each finishes in the window
+while both are draining (from both having stored a result to the first one running dry):
+the ratio of the two rates is what the observability costs when the two share the cores
+equally. The databases swap between rounds.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from platform_tasks.devstack.ports import free_port
 from platform_tasks.devstack.processes import ManagedProcess
@@ -89,6 +98,106 @@ def drain(topology: SentinelTopology, run_dir: Path, name: str, tasks: int,
     return max(done) - min(done), cpu_per_task
 
 
+def side_by_side(topology: SentinelTopology, run_dir: Path, tasks: int, round_index: int,
+                 pair: tuple[str, str] = ("on", "off")) -> dict[str, tuple[float, float]]:
+    """Two configurations (``pair``) draining at once: each one's tasks/s and CPU s per task
+    in the window while both drain."""
+    first, second = pair
+    databases = {first: (0, 1), second: (2, 3)}
+    if round_index % 2:
+        databases = {first: (2, 3), second: (0, 1)}
+    results: dict[str, Any] = {}
+    workers: dict[str, ManagedProcess] = {}
+    envs: dict[str, dict[str, str]] = {}
+    for name, (broker_db, result_db) in databases.items():
+        envs[name] = {
+            **topology.settings_env(),
+            "PLATFORM_TASKS_BROKER_DB": str(broker_db),
+            "PLATFORM_TASKS_RESULT_DB": str(result_db),
+            "PLATFORM_TASKS_METRICS_HOST": "127.0.0.1",
+            "PLATFORM_TASKS_METRICS_PORT": str(free_port()),
+            "PLATFORM_TASKS_METRICS_DIR": str(run_dir / f"metrics-{name}"),
+            "PYTHONUNBUFFERED": "1",
+            **CONFIGURATIONS[name],
+        }
+        settings = load_settings(envs[name])
+        connect(settings).flushdb()
+        results[name] = connect(settings, db=settings.result_db)
+        results[name].flushdb()
+        with TaskProducer(settings) as producer:
+            producer.enqueue_many(ADD, [([n, 1], {}) for n in range(tasks)], queue="default")
+    # Whichever starts first gets the cores while the other imports: the order alternates
+    # (with the databases), and the window opens once both have run a tenth of their tasks.
+    order = list(databases) if round_index % 4 < 2 else list(reversed(databases))
+    warmed = max(1, tasks // 10)
+    try:
+        for name in order:
+            workers[name] = ManagedProcess(
+                f"worker-{name}-{round_index}", worker_argv("default"),
+                {**_base_env(), **envs[name]}, run_dir / f"worker-{name}-{round_index}.log",
+                cwd=run_dir)
+            workers[name].start()
+        deadline = time.monotonic() + 600
+        while not all(results[name].dbsize() >= warmed for name in databases):
+            for name in databases:
+                _check(workers[name], deadline, name)
+            time.sleep(0.01)
+        start = time.monotonic()
+        done_start = {name: results[name].dbsize() for name in databases}
+        cpu_start = {name: tree_cpu_seconds(_pid(workers[name])) for name in databases}
+        while True:
+            done = {name: results[name].dbsize() for name in databases}
+            if any(count >= tasks for count in done.values()):
+                break
+            for name in databases:
+                _check(workers[name], deadline, name)
+            time.sleep(0.02)
+        elapsed = time.monotonic() - start
+        measured: dict[str, tuple[float, float]] = {}
+        for name in databases:
+            finished = done[name] - done_start[name]
+            cpu = tree_cpu_seconds(_pid(workers[name])) - cpu_start[name]
+            measured[name] = (finished / elapsed, cpu / max(finished, 1))
+        return measured
+    finally:
+        for worker in workers.values():
+            worker.stop(30)
+        for client in results.values():
+            client.close()
+
+
+def _pid(worker: ManagedProcess) -> int:
+    assert worker.pid is not None
+    return worker.pid
+
+
+def _run_side_by_side(tasks: int, rounds: int) -> int:
+    run_dir = Path(tempfile.mkdtemp(prefix="platform-tasks-bench-"))
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
+    with SentinelTopology(run_dir / "topology", password=secrets.token_urlsafe(12),
+                          sentinel_password=secrets.token_urlsafe(12)) as topology:
+        for round_index in range(rounds):
+            measured = side_by_side(topology, run_dir, tasks, round_index)
+            for name, (rate, cpu_per_task) in measured.items():
+                rates[name].append(rate)
+                cpu[name].append(cpu_per_task)
+            on, off = measured["on"], measured["off"]
+            print(f"round {round_index + 1}: on {on[0]:7.1f} tasks/s ({on[1] * 1000:.3f} ms "
+                  f"CPU/task), off {off[0]:7.1f} tasks/s ({off[1] * 1000:.3f} ms CPU/task); "
+                  f"on/off {on[0] / off[0]:.3f}", flush=True)
+    paired = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
+    paired_cpu = [on / off for on, off in zip(cpu["on"], cpu["off"], strict=True)]
+    ratio = statistics.median(paired)
+    print(f"\nside by side, per round on/off throughput: "
+          f"{', '.join(f'{r:.3f}' for r in paired)}; median {ratio:.3f} "
+          f"({(1 - ratio) * 100:+.1f}% slower with logging and metrics on; "
+          f"min {min(paired):.3f}, max {max(paired):.3f})")
+    print(f"side by side, per round on/off worker CPU per task: median "
+          f"{statistics.median(paired_cpu):.3f}; logs in {run_dir}")
+    return 0
+
+
 def _check(worker: ManagedProcess, deadline: float, name: str) -> None:
     if time.monotonic() > deadline or not worker.alive:
         raise RuntimeError(f"{name}: drain did not finish; see {worker.log_path}")
@@ -127,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--split", action="store_true",
                         help="also run logs-only and metrics-only")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="run on and off at the same time, each on its own databases")
     options = parser.parse_args(argv)
     # The producer's per-message debug lines would otherwise fill the terminal.
     configure_logging(None, process="bench", level="WARNING")
+    if options.side_by_side:
+        return _run_side_by_side(options.tasks, options.rounds)
     names = list(CONFIGURATIONS) if options.split else ["on", "off"]
     run_dir = Path(tempfile.mkdtemp(prefix="platform-tasks-bench-"))
     timings: dict[str, list[float]] = {name: [] for name in names}
