@@ -17,9 +17,11 @@ drifts during the run moves both alike).
 back-to-back drains differ by more than the cost being measured. This mode runs "on" and
 "off" at the same time instead, each worker with its own pair of databases on the same
 servers, so every swing hits both alike. It counts the tasks each finishes in the window
-while both are draining (from both having stored a result to the first one running dry):
-the ratio of the two rates is what the observability costs when the two share the cores
-equally. The databases swap between rounds.
+while both are draining (from both having run a tenth of their tasks to the first one
+running dry): the ratio of the two rates is what the observability costs when the two share
+the cores equally. The databases swap every round and the start order every second round,
+so use a multiple of 4 rounds. ``--pair off off-again`` runs the method against itself (an
+A/A check: its ratio should be 1).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ CONFIGURATIONS: dict[str, dict[str, str]] = {
     # With --split: which of the two costs what.
     "logs-only": {"PLATFORM_TASKS_LOG_LEVEL": "INFO", "PLATFORM_TASKS_METRICS_PORT": "0"},
     "metrics-only": {"PLATFORM_TASKS_LOG_LEVEL": "WARNING"},
+    # With --side-by-side --pair off off-again: the method against itself.
+    "off-again": {"PLATFORM_TASKS_LOG_LEVEL": "WARNING", "PLATFORM_TASKS_METRICS_PORT": "0"},
 }
 
 
@@ -117,6 +121,8 @@ def side_by_side(topology: SentinelTopology, run_dir: Path, tasks: int, round_in
             "PLATFORM_TASKS_METRICS_HOST": "127.0.0.1",
             "PLATFORM_TASKS_METRICS_PORT": str(free_port()),
             "PLATFORM_TASKS_METRICS_DIR": str(run_dir / f"metrics-{name}"),
+            # Two default workers on one host: each its own liveness files.
+            "PLATFORM_TASKS_HEARTBEAT_FILE": str(run_dir / f"{name}.alive"),
             "PYTHONUNBUFFERED": "1",
             **CONFIGURATIONS[name],
         }
@@ -171,29 +177,32 @@ def _pid(worker: ManagedProcess) -> int:
     return worker.pid
 
 
-def _run_side_by_side(tasks: int, rounds: int) -> int:
+def _run_side_by_side(tasks: int, rounds: int, pair: tuple[str, str]) -> int:
+    first, second = pair
+    if first == second:
+        raise SystemExit("--pair needs two different configurations (off off-again for A/A)")
     run_dir = Path(tempfile.mkdtemp(prefix="platform-tasks-bench-"))
-    rates: dict[str, list[float]] = {"on": [], "off": []}
-    cpu: dict[str, list[float]] = {"on": [], "off": []}
+    rates: dict[str, list[float]] = {first: [], second: []}
+    cpu: dict[str, list[float]] = {first: [], second: []}
     with SentinelTopology(run_dir / "topology", password=secrets.token_urlsafe(12),
                           sentinel_password=secrets.token_urlsafe(12)) as topology:
         for round_index in range(rounds):
-            measured = side_by_side(topology, run_dir, tasks, round_index)
+            measured = side_by_side(topology, run_dir, tasks, round_index, pair)
             for name, (rate, cpu_per_task) in measured.items():
                 rates[name].append(rate)
                 cpu[name].append(cpu_per_task)
-            on, off = measured["on"], measured["off"]
-            print(f"round {round_index + 1}: on {on[0]:7.1f} tasks/s ({on[1] * 1000:.3f} ms "
-                  f"CPU/task), off {off[0]:7.1f} tasks/s ({off[1] * 1000:.3f} ms CPU/task); "
-                  f"on/off {on[0] / off[0]:.3f}", flush=True)
-    paired = [on / off for on, off in zip(rates["on"], rates["off"], strict=True)]
-    paired_cpu = [on / off for on, off in zip(cpu["on"], cpu["off"], strict=True)]
+            one, other = measured[first], measured[second]
+            print(f"round {round_index + 1}: {first} {one[0]:7.1f} tasks/s ({one[1] * 1000:.3f} "
+                  f"ms CPU/task), {second} {other[0]:7.1f} tasks/s ({other[1] * 1000:.3f} ms "
+                  f"CPU/task); {first}/{second} {one[0] / other[0]:.3f}", flush=True)
+    paired = [one / other for one, other in zip(rates[first], rates[second], strict=True)]
+    paired_cpu = [one / other for one, other in zip(cpu[first], cpu[second], strict=True)]
     ratio = statistics.median(paired)
-    print(f"\nside by side, per round on/off throughput: "
+    print(f"\nside by side, per round {first}/{second} throughput: "
           f"{', '.join(f'{r:.3f}' for r in paired)}; median {ratio:.3f} "
-          f"({(1 - ratio) * 100:+.1f}% slower with logging and metrics on; "
+          f"({(1 - ratio) * 100:+.1f}% slower with {first}; "
           f"min {min(paired):.3f}, max {max(paired):.3f})")
-    print(f"side by side, per round on/off worker CPU per task: median "
+    print(f"side by side, per round {first}/{second} worker CPU per task: median "
           f"{statistics.median(paired_cpu):.3f}; logs in {run_dir}")
     return 0
 
@@ -238,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run logs-only and metrics-only")
     parser.add_argument("--side-by-side", action="store_true",
                         help="run on and off at the same time, each on its own databases")
+    parser.add_argument("--pair", nargs=2, default=("on", "off"), metavar=("FIRST", "SECOND"),
+                        choices=list(CONFIGURATIONS),
+                        help="with --side-by-side: the two configurations (default: on off)")
     options = parser.parse_args(argv)
     # The producer's per-message debug lines would otherwise fill the terminal.
     configure_logging(None, process="bench", level="WARNING")
     if options.side_by_side:
-        return _run_side_by_side(options.tasks, options.rounds)
+        return _run_side_by_side(options.tasks, options.rounds, tuple(options.pair))
     names = list(CONFIGURATIONS) if options.split else ["on", "off"]
     run_dir = Path(tempfile.mkdtemp(prefix="platform-tasks-bench-"))
     timings: dict[str, list[float]] = {name: [] for name in names}

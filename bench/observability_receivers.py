@@ -11,7 +11,8 @@ neither. Alternating batches of a few milliseconds see the same machine, so the 
 of the medians hold even where whole-worker runs swing by more than the effect
 (``bench/observability_cost.py``). A worker pays more than this per task, since its caches
 are cold between one task's receivers and the next's; the split between the parts is what
-this tells.
+this tells. Work moved off the task's path (the metric buffers' and the in-flight gauge's
+once-a-second flush, on a thread of their own) is in none of the figures.
 """
 
 from __future__ import annotations

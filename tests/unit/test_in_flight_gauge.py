@@ -22,7 +22,16 @@ def in_flight() -> float | None:
 
 
 def test_the_gauge_follows_starts_and_ends_at_each_flush() -> None:
+    hooked = worker_metrics._write_in_flight in metric_buffer._flush_hooks
     metric_buffer.before_each_flush(worker_metrics._write_in_flight)
+    try:
+        _starts_and_ends()
+    finally:
+        if not hooked:
+            metric_buffer._flush_hooks.remove(worker_metrics._write_in_flight)
+
+
+def _starts_and_ends() -> None:
     worker_metrics._prerun(task_id="a", task=running_task())
     worker_metrics._prerun(task_id="b", task=running_task())
     metric_buffer.flush()

@@ -123,3 +123,63 @@ def test_numbers_on_a_line_encode_as_json_would() -> None:
                   float("nan"), float("inf"), float("-inf"), "text"):
         extra = {"runtime_ms": value, "other": 2}
         assert _encode_numbers(extra) == _encode_flat(extra)[1:-1]
+
+
+CONTEXT_PROGRAM = textwrap.dedent(
+    """
+    import logging
+    import threading
+
+    import structlog
+    from platform_tasks.observability import bound_context
+    from platform_tasks.observability.logging import (
+        configure_logging, emit_with_fields, encode_fields)
+    from platform_tasks.observability.task_context import _FIELD_NAMES
+    from platform_tasks.settings import load_settings
+
+    configure_logging(load_settings(), process="worker")
+
+    def identity(task_id):
+        return {"task_id": task_id, "task_name": "t", "queue": "q", "retries": 0,
+                "worker": "w", "correlation_id": None, "parent_id": None, "root_id": task_id}
+
+    # a stdlib record inside a task carries the identity
+    bound_context.bind_identity(identity("a-1"))
+    logging.getLogger("platform_tasks.tasks").warning("stdlib inside")
+    # code that binds an identity key overrides it, so no pre-encoded line may be written
+    structlog.contextvars.bind_contextvars(queue="overridden")
+    assert not emit_with_fields("platform_tasks.task", "info", "task_succeeded",
+                                encode_fields(identity("a-1")), _FIELD_NAMES)
+    structlog.get_logger("platform_tasks.tasks").info("bound over")
+    bound_context.clear()
+
+    # two threads, two identities: each line has its own thread's
+    ready = threading.Barrier(2)
+
+    def run(task_id):
+        bound_context.bind_identity(identity(task_id))
+        ready.wait()
+        structlog.get_logger("platform_tasks.tasks").info("in thread", mine=task_id)
+        ready.wait()
+        bound_context.clear()
+
+    threads = [threading.Thread(target=run, args=(task_id,)) for task_id in ("b-1", "b-2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    """
+)
+
+
+def test_identity_reaches_stdlib_records_yields_to_code_and_stays_in_its_thread() -> None:
+    done = subprocess.run([sys.executable, "-c", CONTEXT_PROGRAM], env=ENV, capture_output=True,
+                          text=True, timeout=60, check=True)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    stdlib, bound_over, *threaded = lines
+    assert stdlib["event"] == "stdlib inside"
+    assert stdlib["task_id"] == "a-1"
+    assert bound_over["queue"] == "overridden"
+    assert bound_over["task_id"] == "a-1"
+    assert sorted((line["mine"], line["task_id"]) for line in threaded) == [
+        ("b-1", "b-1"), ("b-2", "b-2")]

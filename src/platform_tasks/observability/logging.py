@@ -399,6 +399,9 @@ def _encode_plain_fields(redactor: Redactor, fragments: dict[tuple[str, str], st
     return ", ".join(parts)
 
 
+_NOTHING: frozenset[str] = frozenset()
+
+
 def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
                      names: frozenset[str], extra: dict[str, Any] | None = None, *,
                      fields_first: bool = False, hold: bool = False) -> bool:
@@ -406,10 +409,11 @@ def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
     :func:`encode_fields` turned into ``encoded`` (``names``: their keys), plus ``extra``
     (numbers and other values needing no redaction), bound context included.
 
-    Only when that is all the line would hold: if anything else is bound in the context
-    (the task bound its own fields), nothing is written and False returned, so the caller
-    takes :func:`emit`. Same keys, same order, same bytes: ``fields_first`` when :func:`emit`
-    was given the fields themselves (they come before the event), not a bound context.
+    Only when that is all the line would hold: if code bound anything else in the context
+    (the task bound its own fields; for a line whose fields are the bound identity, anything
+    at all), nothing is written and False returned, so the caller takes :func:`emit`. Same
+    keys, same order, same bytes: ``fields_first`` when :func:`emit` was given the fields
+    themselves (they come before the event), not a bound context.
     ``hold``: the line may wait to share a write with the next one (:mod:`held_lines`).
     """
     pipeline = _pipeline
@@ -420,7 +424,9 @@ def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
         shape = _shape(pipeline, logger_name, method, event, fields_first)
     if shape.level < pipeline.level:
         return True
-    if not bound_context.bound_by_code_only(names):
+    # The fields of a received line are its own and win over the context; those of the
+    # other lines are the bound identity, which any key code bound would override.
+    if not bound_context.bound_by_code_only(names if fields_first else _NOTHING):
         return False
     body = encoded + shape.event_part if fields_first else shape.event_part + encoded
     if extra:

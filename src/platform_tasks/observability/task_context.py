@@ -8,6 +8,7 @@ same fields read from the message.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from types import TracebackType
@@ -119,11 +120,21 @@ def _on_received(request: Any = None, **_: Any) -> None:
     _received[str(fields["task_id"])] = (fields, encoded)
 
 
+def _forget_received() -> None:
+    # A prefork child is forked from the parent that logs every task_received and starts
+    # none: its copy of those entries could be an earlier run of a task it now retries.
+    _received.clear()
+
+
+os.register_at_fork(after_in_child=_forget_received)
+
+
 def _identity(task_id: str | None, task: Any) -> tuple[dict[str, Any], str | None]:
     """The task's identity fields and their encoding: those of its task_received line when
     this process logged it (the same message, read a moment ago), else read afresh."""
     kept = _received.pop(task_id, None) if task_id is not None else None
-    if kept is not None and kept[0]["task_name"] == task.name:
+    if (kept is not None and kept[0]["task_name"] == task.name
+            and kept[0]["retries"] == _retries(task.request)):
         return kept
     fields = request_fields(task.request, task.name)
     return fields, encode_fields(dict(fields))

@@ -195,20 +195,28 @@ def _write_in_flight() -> None:
     Called by the buffer's flusher once a second: counting the running tasks then costs
     nothing per task, where an increment and a decrement per run did.
     """
-    # One C-level copy, atomic under the GIL: the running dict changes on other threads.
-    running = [series for _started, series in list(_running.values())]
-    counts: dict[_TaskSeries, int] = {}
-    for series in running:
-        counts[series] = counts.get(series, 0) + 1
-    for series in list(_series.values()):
-        count = counts.get(series, 0)
-        if count != series.written_in_flight:
-            series.in_flight.set(count)
-            series.written_in_flight = count
+    # The flusher thread and a shutdown's flush on the main thread may both get here.
+    with _in_flight_lock:
+        # One C-level copy, atomic under the GIL: the running dict changes on other threads.
+        running = [series for _started, series in list(_running.values())]
+        counts: dict[_TaskSeries, int] = {}
+        for series in running:
+            counts[series] = counts.get(series, 0) + 1
+        for series in list(_series.values()):
+            count = counts.get(series, 0)
+            if count != series.written_in_flight:
+                series.in_flight.set(count)
+                series.written_in_flight = count
+
+
+_in_flight_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    # A forked process starts its own gauge file at zero and runs none of its parent's tasks.
+    # A forked process starts its own gauge file at zero and runs none of its parent's tasks;
+    # the parent's flusher may have held the lock at the fork, and no thread here releases it.
+    global _in_flight_lock
+    _in_flight_lock = threading.Lock()
     _running.clear()
     for series in list(_series.values()):
         series.written_in_flight = 0
