@@ -111,10 +111,14 @@ _flush_hooks: list[Callable[[], None]] = []
 
 
 def before_each_flush(hook: Callable[[], None]) -> None:
-    """Run ``hook`` at every flush (once a second, and at exit), from this process on."""
+    """Run ``hook`` at every flush: once a second from the first buffered update of this
+    process (or of a process it forks) on, and at exit.
+
+    Registering starts no thread: a prefork pool's main process records nothing buffered,
+    and a thread running there at a fork could leave a lock held in the child.
+    """
     if hook not in _flush_hooks:
         _flush_hooks.append(hook)
-    _ensure_flusher()
 
 
 def flush() -> None:
@@ -146,12 +150,15 @@ def _ensure_flusher() -> None:
 
 def _after_fork_in_child() -> None:
     # The parent writes what it had pending; the child starts from nothing, and starts its
-    # own flusher at its first update (threads do not survive a fork).
-    global _flusher_pid
+    # own flusher at its first update (threads do not survive a fork). A lock the parent's
+    # flusher held at the fork would stay held here: every one is made anew.
+    global _flusher_pid, _buffers_lock
     _flusher_pid = None
+    _buffers_lock = threading.Lock()
     for buffer in _buffers:
+        buffer._lock = threading.Lock()
         buffer.forget()
-    if _buffers or _flush_hooks:
+    if _buffers:
         _ensure_flusher()
 
 
