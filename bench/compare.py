@@ -126,7 +126,7 @@ def sizes_from(options: argparse.Namespace) -> tuple[Sizes, int]:
     """The work per scenario and the number of rounds."""
     if options.smoke:
         return Sizes(tasks=20, mix_tasks=10, enqueue_tasks=20, probes=5, probe_spacing=0.005,
-                     heavy_backlog=20, depths=(100,), depth_sample=10, scaling=(1, 2)), 1
+                     heavy_backlog=20, depths=(1000,), depth_sample=10, scaling=(1, 2)), 1
     depths = (10_000, 100_000, 1_000_000) if options.big else (10_000, 100_000)
     return Sizes(
         tasks=options.tasks,

@@ -241,7 +241,13 @@ def depth(trial: Trial) -> Measurement:
             workers.start()
             timeout = _timeout(sizes.depth_sample)
             first_at, first = wait_for(system.completed, 1, workers, timeout=timeout)
-            last_at, last = wait_for(system.completed, first + sizes.depth_sample, workers,
+            if first >= waiting:
+                # All drained before the first reading (a fast system, a tiny queue and a
+                # busy machine): nothing left to sample.
+                found[f"ms_per_task@{waiting}"] = None
+                continue
+            last_at, last = wait_for(system.completed,
+                                     min(first + sizes.depth_sample, waiting), workers,
                                      timeout=timeout)
         finally:
             workers.stop()

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,33 @@ import redis
 
 from platform_tasks.devstack.ports import free_port
 from platform_tasks.devstack.redis_binary import RedisBinaryNotFound, find_redis_server
+
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker process gets a temp directory of its own.
+
+    What the platform keeps under the temp dir by default (a worker's liveness files,
+    ``platform-tasks-<queue>.alive``) must not be shared by two tests that run at once; the
+    subprocesses the tests start inherit ``TMPDIR``.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        own = Path(tempfile.mkdtemp(prefix=f"platform-tasks-tests-{worker}-"))
+        os.environ["TMPDIR"] = str(own)
+        tempfile.tempdir = None  # read TMPDIR again
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group the tests for ``--dist loadgroup``: a file's tests stay on one worker (their
+    module fixtures start once), and the whole reliability suite on one (it writes one ledger
+    table into docs/reliability.md when it ends)."""
+    for item in items:
+        relative = Path(str(item.path)).resolve().relative_to(TESTS)
+        group = "reliability" if relative.parts[0] == "reliability" else relative.as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def missing_dependency(reason: str) -> None:

@@ -85,6 +85,20 @@ def test_tasks_run_in_pool_processes_are_counted_by_the_main_process(
     assert started <= time.time()
 
 
+def _member_that_ran_a_task(dev_stack: DevStack, worker_pid: int, metrics_dir: Path) -> int:
+    """A pool process with live gauges of its own: one that has run a task. The members
+    running now may not have (one was replaced since, on a busy machine), so tasks are sent
+    until one has."""
+    deadline = time.monotonic() + 60
+    with TaskProducer(dev_stack.settings()) as producer:
+        while True:
+            for child in pool_children(worker_pid):
+                if list(metrics_dir.glob(f"gauge_livesum_{child}.db")):
+                    return child
+            assert time.monotonic() < deadline, "no pool process has run a task"
+            producer.wait(producer.enqueue(ADD, queue="default", args=[1, 1]), 60)
+
+
 def test_a_killed_pool_process_is_replaced_counted_and_its_live_gauges_dropped(
     dev_stack: DevStack,
 ) -> None:
@@ -92,10 +106,7 @@ def test_a_killed_pool_process_is_replaced_counted_and_its_live_gauges_dropped(
     metrics_dir = dev_stack.run_dir / "metrics" / "default"
     worker_pid = dev_stack.processes["worker-default"].pid
     assert worker_pid is not None
-    victim = next(
-        child for child in pool_children(worker_pid)
-        if list(metrics_dir.glob(f"gauge_livesum_{child}.db"))
-    )
+    victim = _member_that_ran_a_task(dev_stack, worker_pid, metrics_dir)
 
     os.kill(victim, signal.SIGKILL)
     # default's worker is a group: its supervisor starts a new member a second later, which
