@@ -136,6 +136,7 @@ class Exporter:
             assert self.process.alive, f"the exporter exited:\n{self.log()}"
             try:
                 found = probe()
+                last = "answered, not yet as expected"
             except (OSError, AssertionError) as error:  # not listening, or not 200 yet
                 found, last = None, error
             if found is not None:
@@ -251,8 +252,15 @@ def exporter(
         )
         process.start()
         try:
-            yield Exporter(stack, process, rendered, args, port,
-                           container(render, EXPORTER)["readinessProbe"]["httpGet"]["path"])
+            running = Exporter(stack, process, rendered, args, port,
+                               container(render, EXPORTER)["readinessProbe"]["httpGet"]["path"])
+            # The exporter hears only the events sent after it bound its event queue: a task
+            # that ends before then is never counted. A worker heartbeat seen proves it bound.
+            running.eventually(
+                lambda: True if value(running.scrape(), "celery_worker_up",
+                                      hostname=HOSTNAME) == 1 else None,
+                "a worker heartbeat heard (the exporter consuming events)")
+            yield running
         finally:
             process.stop(10.0)
 
