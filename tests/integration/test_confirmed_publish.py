@@ -55,14 +55,18 @@ def test_a_single_redis_is_not_waited_on(redis_url: str) -> None:
     # Nothing replicates from a lone server: WAIT would time out on every publish.
     lone = redis.Redis.from_url(redis_url)
     lone.delete("default")
+    lone.config_resetstat()
     with TaskProducer(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url})) as producer:
         started = time.monotonic()
         task_id = producer.enqueue(ADD, queue="default", args=[1, 2])
         assert time.monotonic() - started < CONFIRM_TIMEOUT_MS / 1000
-    # Published, and through Celery's own path (no WAIT was sent to time out).
     queued = [json.loads(item)["headers"]["id"] for item in lone.lrange("default", 0, -1)]
+    commands = lone.info("commandstats")
     lone.close()
     assert queued == [task_id]
+    # One write of the message and no WAIT (the message's bytes: test_enqueue_many.py).
+    assert "cmdstat_wait" not in commands
+    assert commands["cmdstat_lpush"]["calls"] == 1
 
 
 def test_a_confirmed_publish_is_on_a_replica_when_it_returns(

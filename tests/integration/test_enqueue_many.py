@@ -412,3 +412,31 @@ def test_with_task_events_on_every_message_takes_celerys_whole_path_and_sends_it
         pubsub.close()
     assert single_id not in ids
     assert [e["uuid"] for e in sent if e["type"] == "task-sent"] == ids
+
+
+@pytest.mark.parametrize(("task_name", "queue", "call"),
+                         [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES])
+def test_on_a_single_redis_enqueue_publishes_the_message_celery_would(
+    redis_url: str, task_name: str, queue: str, call: dict[str, Any],
+) -> None:
+    # Without a replica to wait for, enqueue writes the same rendered commands minus the
+    # WAIT; what lands must still be what Celery's own send_task publishes.
+    lone = redis.Redis.from_url(redis_url)
+    lone.flushdb()
+    with TaskProducer(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url})) as producer:
+        ours = producer.enqueue(task_name, queue=queue, **call)
+        correlation = call.get("correlation_id") or "<celery's>"
+        platform_headers = {headers.CORRELATION_ID: correlation, headers.ENQUEUED_AT: 0.0}
+        if call.get("idempotency_key"):
+            platform_headers[headers.IDEMPOTENCY_KEY] = call["idempotency_key"]
+        celerys = producer.app.send_task(
+            task_name, args=call.get("args"), kwargs=call.get("kwargs"), queue=queue,
+            eta=call.get("eta"), headers=platform_headers,
+        ).id
+    messages = published(lone, queue)
+    lone.close()
+    assert [m["headers"]["id"] for m in messages] == [ours, celerys]
+    mine, theirs = (comparable(m) for m in messages)
+    if correlation == "<celery's>":
+        theirs["headers"][headers.CORRELATION_ID] = "<task id>"
+    assert mine == theirs
