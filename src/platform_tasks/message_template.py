@@ -21,11 +21,12 @@ from typing import Any
 from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 
 from platform_tasks import headers
+from platform_tasks.json_encoding import reusable_encoder
 
 #: kombu's JSON, refusing what plain JSON cannot carry (NaN, other types) as the producer's
 #: payload check always has. For what it accepts the output is kombu's: kombu's encoder only
 #: differs in its fallback for types this one refuses.
-_ARGUMENTS_JSON = json.JSONEncoder(allow_nan=False)
+_encode_arguments = reusable_encoder(allow_nan=False)
 #: The form the payload size limit has always been counted in.
 _COMPACT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 _KOMBU_JSON = KombuJSONEncoder()
@@ -40,8 +41,9 @@ _VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcd
 
 
 def encode_arguments(args: list[Any], kwargs: dict[str, Any]) -> str:
-    """``[args, kwargs]`` as kombu's JSON; raises ``TypeError``/``ValueError`` for non-JSON."""
-    return _ARGUMENTS_JSON.encode([args, kwargs])
+    """``[args, kwargs]`` as kombu's JSON; raises ``TypeError``/``ValueError`` for non-JSON,
+    ``RecursionError`` for a value that contains itself (or is nested past Python's limit)."""
+    return _encode_arguments([args, kwargs])
 
 
 def compact_size(args: list[Any], kwargs: dict[str, Any]) -> int:

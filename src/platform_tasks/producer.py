@@ -198,6 +198,11 @@ def _encode(task_name: str, args: list[Any], kwargs: dict[str, Any], limit: int)
         encoded = encode_arguments(args, kwargs)
     except (TypeError, ValueError) as error:
         raise PayloadNotJSONError(f"{task_name}: arguments are not JSON: {error}") from None
+    except RecursionError:
+        raise PayloadNotJSONError(
+            f"{task_name}: arguments are not JSON: a value contains itself, or is nested "
+            "deeper than JSON encoding allows"
+        ) from None
     # Both forms are ASCII and the spaced one is never the shorter: only a spaced form over
     # the limit needs counting again.
     if len(encoded) > limit:
@@ -545,12 +550,18 @@ class TaskProducer:
         fresh_ids = iter(random_uuid4s(len(requests)))
         for index, item in enumerate(requests):
             try:
-                request = _as_request(item)
+                if type(item) is tuple and len(item) == 2:
+                    # A plain (args, kwargs) pair, the usual bulk item: no request object.
+                    args, kwargs = item
+                    countdown = eta = key = own_correlation_id = None
+                else:
+                    request = _as_request(item)
+                    args, kwargs, countdown, eta = (request.args, request.kwargs,
+                                                    request.countdown, request.eta)
+                    key, own_correlation_id = request.idempotency_key, request.correlation_id
                 call_args, call_kwargs, when, arguments = self._check_call(
-                    task_name, contract, queue, request.args, request.kwargs,
-                    request.countdown, request.eta,
+                    task_name, contract, queue, args, kwargs, countdown, eta,
                 )
-                key = request.idempotency_key
                 if key is not None:
                     _check_idempotency_key(key)
             except ProducerError as error:
@@ -567,7 +578,7 @@ class TaskProducer:
                 kwargs=call_kwargs,
                 arguments=arguments,
                 eta=when,
-                correlation_id=request.correlation_id or correlation_id or task_id,
+                correlation_id=own_correlation_id or correlation_id or task_id,
                 idempotency_key=key,
                 dedup_key=dedup_key,
             ))
@@ -777,6 +788,8 @@ class TaskProducer:
             contract.bind(args, call_kwargs)
         except InvalidArgumentsError as error:
             raise InvalidPayloadError(str(error)) from None
+        if countdown is None and eta is None:
+            return call_args, call_kwargs, None, arguments
         when = _check_schedule(countdown, eta, policy_for(queue).max_delay_seconds)
         return call_args, call_kwargs, when, arguments
 

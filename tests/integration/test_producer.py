@@ -35,6 +35,10 @@ ADD = "platform_tasks.default.add_numbers"
 WELCOME = "platform_tasks.email.send_welcome_email"
 
 
+#: A list that holds itself: no JSON can carry it.
+CIRCULAR: list[Any] = []
+CIRCULAR.append(CIRCULAR)
+
 REFUSALS: list[tuple[str, dict[str, Any], type[ProducerError], str]] = [
     ("unknown queue", {"task_name": ADD, "queue": "urgent", "args": [1, 2]},
      UnknownQueueError, "unknown queue 'urgent'; known queues: email, media, payments, default"),
@@ -61,6 +65,8 @@ REFUSALS: list[tuple[str, dict[str, Any], type[ProducerError], str]] = [
      PayloadNotJSONError, "not JSON"),
     ("NaN", {"task_name": ADD, "queue": "default", "args": [1, math.nan]},
      PayloadNotJSONError, "not JSON"),
+    ("contains itself", {"task_name": ADD, "queue": "default", "args": [1, CIRCULAR]},
+     PayloadNotJSONError, "contains itself"),
     ("too large", {"task_name": WELCOME, "queue": "email",
                    "kwargs": {"user_email": "a" * 2000 + "@example.com"}},
      PayloadTooLargeError, "the limit is 1024"),

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import Processor
 
+from platform_tasks.json_encoding import reusable_encoder
 from platform_tasks.observability import bound_context, held_lines
 from platform_tasks.observability.redaction import Redactor, is_secret_key
 from platform_tasks.settings import LogFormat, LogLevel, Settings
@@ -452,25 +453,8 @@ def _encode_numbers(extra: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _flat_encoder() -> Callable[[Any], str]:
-    """The JSON encoder of :data:`_ENCODER`, made once: ``JSONEncoder.encode`` builds a new
-    C encoder on every call, which cost as much as the rest of a lifecycle line. No circular
-    check: it encodes flat dicts of plain values only."""
-    from json import encoder as json_encoder
-
-    make: Any = getattr(json_encoder, "c_make_encoder", None)
-    if make is None:  # an interpreter without the C accelerator
-        return _ENCODER.encode
-    c_encoder = make(None, _fallback, json_encoder.encode_basestring_ascii, None, ": ", ", ",
-                     False, False, True)
-
-    def encode(value: Any) -> str:
-        return "".join(c_encoder(value, 0))
-
-    return encode
-
-
-_encode_flat = _flat_encoder()
+#: The JSON encoder of :data:`_ENCODER`, made once (it encodes flat dicts of plain values).
+_encode_flat = reusable_encoder(_fallback)
 
 
 @dataclass(frozen=True, slots=True)
