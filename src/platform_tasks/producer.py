@@ -53,6 +53,9 @@ CONFIRM_TIMEOUT_MS = 2000
 #: Messages per Redis transaction in ``enqueue_many``.
 BULK_BATCH_SIZE = 500
 
+#: Its lines are written only where structlog was configured (by the platform's
+#: ``configure_logging``, or by the service that embeds the producer): unconfigured, structlog
+#: would print every debug line to stdout as plain text, one per enqueue.
 logger = structlog.get_logger("platform_tasks.producer")
 
 _ID_NAMESPACE = uuid.UUID("6f0c8a55-2f7e-4f69-9d1e-7c3b1f1d5a10")
@@ -482,13 +485,9 @@ class TaskProducer:
                 lambda: self._redis.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS),
                 budget_seconds=PUBLISH_BUDGET_SECONDS,
             )
-        logger.debug(
-            "task_enqueued",
-            task_name=task_name,
-            queue=queue,
-            task_id=task_id,
-            correlation_id=item.correlation_id,
-        )
+        if structlog.is_configured():
+            logger.debug("task_enqueued", task_name=task_name, queue=queue, task_id=task_id,
+                         correlation_id=item.correlation_id)
         return task_id
 
     def enqueue_many(
@@ -532,7 +531,8 @@ class TaskProducer:
                 f"{error!r}; items {done} onwards were not published",
                 task_ids[:done],
             ) from error
-        logger.debug("tasks_enqueued", task_name=task_name, queue=queue, count=len(checked))
+        if structlog.is_configured():
+            logger.debug("tasks_enqueued", task_name=task_name, queue=queue, count=len(checked))
         return task_ids
 
     def _check_items(

@@ -16,7 +16,7 @@ VALUES: list[Any] = [
     {"nested": {"list": [1, [2, [3]]], "é": "ünïcode ☃", "quote": 'a "b" \\ c'}},
     ["tab\tnewline\ncontrol\x01", ""],
     (1, 2),
-    {1: "int key", 2.5: "float key", None: "none key", True: "bool key"},
+    {1: "int key", 2.5: "float key", None: "none key", False: "bool key"},
     42,
     3.25,
     None,
@@ -58,6 +58,6 @@ def test_a_value_that_contains_itself_raises_recursion_error() -> None:
 def test_one_encoder_serves_call_after_call() -> None:
     encode = reusable_encoder(allow_nan=False)
     first = encode([[1], {"a": 1}])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Out of range"):
         encode([math.nan])
     assert encode([[1], {"a": 1}]) == first
