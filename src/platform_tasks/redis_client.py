@@ -6,6 +6,7 @@ import os
 import ssl
 import threading
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -75,7 +76,8 @@ def connect(
         master: redis.Redis = sentinel.master_for(settings.sentinel_master, **common)
         return master
     assert settings.redis_url is not None
-    url = settings.redis_url
+    # The database is ``db``: redis-py would let a number in the URL's path override it.
+    url = urlunsplit(urlsplit(settings.redis_url)._replace(path=""))
     if settings.redis_tls and url.startswith("redis://"):
         url = "rediss://" + url.removeprefix("redis://")
     if url.startswith("rediss://"):

@@ -72,6 +72,17 @@ def _parse_sentinels(raw: object) -> tuple[SentinelAddress, ...]:
     return tuple(addresses)
 
 
+def url_database(url: str) -> int | None:
+    """The database number a Redis URL's path names (``redis://host:6379/2`` -> 2), None
+    when it names none; raises ``ValueError`` for a path that is not a number."""
+    path = urlsplit(url).path.strip("/")
+    if not path:
+        return None
+    if not path.isdigit():
+        raise ValueError(f"expected the Redis URL's path to be a database number, got /{path}")
+    return int(path)
+
+
 class Settings(BaseSettings):
     """Everything the platform's processes need to know about their surroundings."""
 
@@ -87,7 +98,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         repr=False,  # the URL may carry a password
-        description="redis:// or rediss:// URL of a single Redis node",
+        description="redis:// or rediss:// URL of a single Redis node; a database in its "
+        "path must be PLATFORM_TASKS_BROKER_DB's (the databases come from the two *_DB "
+        "settings)",
     )
     sentinels: Annotated[tuple[SentinelAddress, ...], NoDecode] = Field(
         default=(), description="comma-separated host:port of every Sentinel"
@@ -231,6 +244,7 @@ class Settings(BaseSettings):
             parts.port  # noqa: B018 - raises on a non-numeric port
         except ValueError as error:
             raise ValueError("expected a numeric port in the Redis URL") from error
+        url_database(value)  # raises on a path that is not a database number
         return value
 
     @field_validator("timezone")
@@ -269,6 +283,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "set PLATFORM_TASKS_SENTINELS (host:port,...) or PLATFORM_TASKS_REDIS_URL"
             )
+        if self.redis_url:
+            named = url_database(self.redis_url)
+            # The databases are the two settings'; a URL naming another one would have
+            # split the platform: Celery took the setting, the platform's clients the URL.
+            if named is not None and named != self.broker_db:
+                raise ValueError(
+                    f"PLATFORM_TASKS_REDIS_URL names database {named} but "
+                    f"PLATFORM_TASKS_BROKER_DB is {self.broker_db}: the databases come from "
+                    "PLATFORM_TASKS_BROKER_DB and PLATFORM_TASKS_RESULT_DB, drop the "
+                    f"/{named} from the URL"
+                )
         return self
 
     @property

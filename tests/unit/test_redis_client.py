@@ -36,3 +36,13 @@ def test_a_failover_reply_inside_a_pipeline_is_transient_too() -> None:
     assert not is_transient_reply(redis.ResponseError(
         "Command # 2 (HSET NOREPLICAS f v) of pipeline caused error: WRONGTYPE Operation"
     ))
+
+
+def test_the_database_is_the_one_asked_for_whatever_the_url_names() -> None:
+    # redis-py lets a database in the URL's path override db=: the results client of a
+    # platform whose URL ends in /0 would have read the broker's database.
+    settings = load_settings({"PLATFORM_TASKS_REDIS_URL": "redis://:pw@127.0.0.1:6390/0"})
+    assert connect(settings).connection_pool.connection_kwargs["db"] == settings.broker_db
+    results = connect(settings, db=settings.result_db).connection_pool.connection_kwargs
+    assert results["db"] == settings.result_db == 1
+    assert results["password"] == "pw"

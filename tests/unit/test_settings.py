@@ -93,12 +93,20 @@ def test_each_bad_value_names_its_variable(variable: str, value: str, expected: 
         ("http://127.0.0.1:6379", "expected redis://host:port"),
         ("redis://", "expected redis://host:port"),
         ("redis://h:port", "expected a numeric port"),
+        ("redis://h:6379/zero", "path to be a database number, got /zero"),
+        ("redis://h:6379/2", "names database 2 but PLATFORM_TASKS_BROKER_DB is 0"),
     ],
 )
 def test_bad_redis_urls_are_refused(url: str, expected: str) -> None:
     with pytest.raises(SettingsError, match="PLATFORM_TASKS_REDIS_URL") as caught:
         load_settings({"PLATFORM_TASKS_REDIS_URL": url})
     assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379", "redis://h:6379/", "redis://h:6379/3"])
+def test_a_url_naming_the_broker_database_or_none_is_accepted(url: str) -> None:
+    settings = load_settings({"PLATFORM_TASKS_REDIS_URL": url, "PLATFORM_TASKS_BROKER_DB": "3"})
+    assert settings.broker_db == 3
 
 
 def test_several_bad_values_are_all_reported() -> None:
