@@ -28,7 +28,7 @@ def reusable_encoder(default: Callable[[Any], Any] | None = None, *,
                      ": ", ", ", False, False, allow_nan)
 
     def encode(value: Any) -> str:
-        if type(value) is str:  # the C encoder takes containers and numbers only
+        if type(value) is str:  # the one-string case needs no encoder at all
             return json_encoder.encode_basestring_ascii(value)
         return "".join(c_encoder(value, 0))
 

@@ -417,26 +417,35 @@ def test_with_task_events_on_every_message_takes_celerys_whole_path_and_sends_it
 @pytest.mark.parametrize(("task_name", "queue", "call"),
                          [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES])
 def test_on_a_single_redis_enqueue_publishes_the_message_celery_would(
-    redis_url: str, task_name: str, queue: str, call: dict[str, Any],
+    redis_url: str, task_name: str, queue: str, call: dict[str, Any], rendered: list[str],
 ) -> None:
     # Without a replica to wait for, enqueue writes the same rendered commands minus the
-    # WAIT; what lands must still be what Celery's own send_task publishes.
+    # WAIT; what lands must still be what Celery's own send_task publishes. The first
+    # enqueue of a task onto a queue goes through Celery and kombu, the second is made
+    # from the template kept from it: both are compared.
     lone = redis.Redis.from_url(redis_url)
     lone.flushdb()
+    key = call.get("idempotency_key")
     with TaskProducer(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url})) as producer:
-        ours = producer.enqueue(task_name, queue=queue, **call)
+        ours = [producer.enqueue(task_name, queue=queue,
+                                 **{**call, "idempotency_key": f"{key}-{n}" if key else None})
+                for n in range(2)]
+        assert len(rendered) == 1  # the second, from the template
         correlation = call.get("correlation_id") or "<celery's>"
         platform_headers = {headers.CORRELATION_ID: correlation, headers.ENQUEUED_AT: 0.0}
-        if call.get("idempotency_key"):
-            platform_headers[headers.IDEMPOTENCY_KEY] = call["idempotency_key"]
+        if key:
+            platform_headers[headers.IDEMPOTENCY_KEY] = f"{key}-0"
         celerys = producer.app.send_task(
             task_name, args=call.get("args"), kwargs=call.get("kwargs"), queue=queue,
             eta=call.get("eta"), headers=platform_headers,
         ).id
     messages = published(lone, queue)
     lone.close()
-    assert [m["headers"]["id"] for m in messages] == [ours, celerys]
-    mine, theirs = (comparable(m) for m in messages)
+    assert [m["headers"]["id"] for m in messages] == [*ours, celerys]
+    theirs = comparable(messages[2])
     if correlation == "<celery's>":
         theirs["headers"][headers.CORRELATION_ID] = "<task id>"
-    assert mine == theirs
+    for n, message in enumerate(messages[:2]):
+        if key:
+            theirs["headers"][headers.IDEMPOTENCY_KEY] = f"{key}-{n}"
+        assert comparable(message) == theirs, n
