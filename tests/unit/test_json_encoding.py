@@ -31,9 +31,23 @@ def test_the_output_is_json_encoders(value: Any, allow_nan: bool) -> None:
         json.JSONEncoder(allow_nan=allow_nan).encode(value)
 
 
-def test_the_fallback_encodes_what_json_cannot() -> None:
-    encode = reusable_encoder(lambda value: sorted(value))
-    assert encode([{3, 1, 2}]) == "[[1, 2, 3]]"
+class Text(str):
+    """A str subclass, as enums and other libraries' string types are."""
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+def test_the_fallback_encodes_what_json_cannot_as_json_encoder_does() -> None:
+    def fallback(value: Any) -> Any:
+        return sorted(value) if isinstance(value, set) else repr(value)
+
+    value = [{3, 1, 2}, {"when": Opaque()}, Text("subclass"), b"bytes"]
+    assert reusable_encoder(fallback)(value) == \
+        json.JSONEncoder(default=fallback).encode(value)
+    assert reusable_encoder(fallback)(Text("top level")) == '"top level"'
 
 
 def test_without_a_fallback_other_types_are_refused_as_json_refuses_them() -> None:
