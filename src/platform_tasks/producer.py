@@ -463,16 +463,7 @@ class TaskProducer:
             idempotency_key=idempotency_key, dedup_key=dedup_key,
         )
         try:
-            commands = self._build(task_name, queue, [item])
-            if self._confirms(queue):
-                self._write_confirmed(queue, commands)
-            else:
-                # The same commands without the WAIT: a single Redis has no replica to wait
-                # for. (Celery's own send_task made every such publish 2x slower.)
-                retry_through_failover(
-                    lambda: batch_publish.write_commands(self._redis, commands),
-                    budget_seconds=PUBLISH_BUDGET_SECONDS,
-                )
+            self._write(queue, self._build(task_name, queue, [item]))
         except BaseException:
             if dedup_key is not None:
                 # Not published: let the caller's retry with the same key publish it. If this
@@ -592,14 +583,7 @@ class TaskProducer:
         if not to_send:
             return
         try:
-            commands = self._build(task_name, queue, to_send)
-            if self._confirms(queue):
-                self._write_confirmed(queue, commands)
-            else:
-                retry_through_failover(
-                    lambda: batch_publish.write_commands(self._redis, commands),
-                    budget_seconds=PUBLISH_BUDGET_SECONDS,
-                )
+            self._write(queue, self._build(task_name, queue, to_send))
         except BaseException:
             self._release(claimed)
             raise
@@ -699,6 +683,18 @@ class TaskProducer:
             )
             commands.extend(("lpush", (list_key, payload)) for payload in payloads)
             return commands
+
+    def _write(self, queue: str, commands: list[batch_publish.Command]) -> None:
+        """Publish ``commands`` in one transaction, retried through a failover; on a
+        replicated broker, return once the queue's replicas confirmed them. (A single Redis
+        has no replica to wait for: the same commands go without the ``WAIT``.)"""
+        if self._confirms(queue):
+            self._write_confirmed(queue, commands)
+            return
+        retry_through_failover(
+            lambda: batch_publish.write_commands(self._redis, commands),
+            budget_seconds=PUBLISH_BUDGET_SECONDS,
+        )
 
     def _confirms(self, queue: str) -> bool:
         """Whether publishes onto ``queue`` wait for replicas (only a replicated broker has
