@@ -41,6 +41,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from platform_tasks import consumer_loop, fetch_script, redeliveries
+from platform_tasks.inspection import wake_list
 from platform_tasks.observability import held_lines
 from platform_tasks.visibility import VisibilityHeartbeat, refresh_interval
 
@@ -327,6 +328,13 @@ class _ScreensDeliveries:
 _WAIT_THEN_FETCH = "BLMOVE+EVAL"
 
 
+def _fetch_lists(channel: Any, queue: str, priority: int) -> tuple[str, ...]:
+    """The lists a fetch takes ``queue``'s messages at ``priority`` from, in order."""
+    if priority == 0:
+        return (wake_list(queue), channel._q_for_pri(queue, priority))
+    return (channel._q_for_pri(queue, priority),)
+
+
 class _FetchesInBatches:
     """Channel behaviour: messages are taken by the atomic fetch script, in batches.
 
@@ -335,16 +343,20 @@ class _FetchesInBatches:
 
     * the fetch script (:mod:`platform_tasks.fetch_script`): up to as many messages as the
       prefetch allows, each recorded as unacked in the same step that popped it;
-    * when a fetch found nothing, ``BLMOVE q q RIGHT RIGHT timeout`` with the next fetch
-      right behind it in the same write: the wait blocks until the queue's main list has an
-      item and returns it *without taking it* (it moves the last item to the last place),
-      and the fetch, which Redis runs the moment the wait returns, takes it atomically. A
-      message published with a priority (a list of its own) waits for the next fetch: at
-      most the poll timeout (1 s) on an idle worker.
+    * when a fetch found nothing, ``BLMOVE q <q's wake list> RIGHT LEFT timeout`` with the
+      next fetch right behind it in the same write: the wait blocks until the queue's main
+      list has an item and moves the oldest one to the wake list
+      (:func:`platform_tasks.inspection.wake_list`), and the fetch, which Redis runs the
+      moment the wait returns, takes it from there first, atomically. Because the wait
+      takes the item off the queue, Redis wakes one idle worker per message; a wait that
+      left it in place (``BLMOVE q q``) woke every worker blocked on the queue, each to run
+      a fetch that found nothing. A message published with a priority (a list of its own)
+      waits for the next fetch: at most the poll timeout (1 s) on an idle worker.
 
     Nothing is ever popped outside the script, so no message exists only in a worker's
-    memory. The records are kombu's own: acks, restores and the tools that read them are
-    unchanged.
+    memory: the wait moves it between two lists inside Redis, where the next fetch of any
+    worker finds it should this one's fail. The records are kombu's own: acks, restores
+    and the tools that read them are unchanged.
     """
 
     #: The command the consume connection's pending reply answers.
@@ -371,8 +383,8 @@ class _FetchesInBatches:
         queues = channel._queue_cycle.consume(len(channel.active_queues))
         if not queues:
             return
-        lists = [channel._q_for_pri(queue, priority)
-                 for priority in channel.priority_steps for queue in queues]
+        lists = [name for priority in channel.priority_steps for queue in queues
+                 for name in _fetch_lists(channel, queue, priority)]
         room = channel.qos.can_consume_max_estimate()
         fetch = fetch_script.eval_args(
             channel.unacked_key, channel.unacked_index_key, lists,
@@ -388,7 +400,7 @@ class _FetchesInBatches:
             main = queues[0]
             self._pending_command = _WAIT_THEN_FETCH
             packed = connection.pack_commands(
-                [["BLMOVE", main, main, "RIGHT", "RIGHT", wait or 0], fetch])
+                [["BLMOVE", main, wake_list(main), "RIGHT", "LEFT", wait or 0], fetch])
             channel._in_poll = connection
             channel._brpop_sent_at = time.monotonic()
             connection.send_packed_command(packed)

@@ -1,7 +1,8 @@
 """Reads queue depth straight from the broker, the way kombu's Redis transport stores it.
 
-A queue is a list per priority step (``name``, ``name\\x06\\x163``, ...), and delivered but
-not yet acknowledged messages sit in the ``unacked`` hash until their worker acks. A plain
+A queue is a list per priority step (``name``, ``name\\x06\\x163``, ...), plus the platform's
+wake list (:func:`wake_list`), and delivered but not yet acknowledged messages sit in the
+``unacked`` hash until their worker acks. A plain
 LLEN (what KEDA and celery-exporter run) sees only the first list.
 """
 
@@ -27,6 +28,26 @@ PRIORITIES: tuple[int, ...] = tuple(PRIORITY_STEPS)
 def priority_list(queue: str, priority: int) -> str:
     """The Redis list kombu uses for ``queue`` at ``priority`` (0 is the plain name)."""
     return queue if priority == 0 else f"{queue}{PRIORITY_SEPARATOR}{priority}"
+
+
+def wake_list(queue: str) -> str:
+    """The list an idle worker's wait moves the oldest priority-0 message of ``queue`` to.
+
+    The wait (``BLMOVE queue <wake list>``) takes the item off the queue, so Redis wakes one
+    idle worker per message instead of every worker waiting on the queue; the fetch that
+    follows the wait takes it from here first, recording it as unacknowledged. An item stays
+    here only while that fetch runs, or until the next fetch of any worker when it failed:
+    it is counted as ready at priority 0.
+    """
+    return f"{queue}{PRIORITY_SEPARATOR}wake"
+
+
+def ready_lists(queue: str, priority: int) -> tuple[str, ...]:
+    """The lists holding ``queue``'s ready messages at ``priority``, in the order a fetch
+    takes them: at priority 0, the wake list before the queue's own list."""
+    if priority == 0:
+        return (wake_list(queue), queue)
+    return (priority_list(queue, priority),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +92,16 @@ def queue_depths(client: redis.Redis, queues: tuple[str, ...] = QUEUE_NAMES) -> 
     with client.pipeline(transaction=False) as pipe:
         for queue in queues:
             for priority in PRIORITIES:
-                pipe.llen(priority_list(queue, priority))
-        lengths = pipe.execute()
+                for name in ready_lists(queue, priority):
+                    pipe.llen(name)
+        lengths = iter(pipe.execute())
     unacked = unacked_by_queue(client)
     depths = []
-    for index, queue in enumerate(queues):
-        chunk = lengths[index * len(PRIORITIES) : (index + 1) * len(PRIORITIES)]
-        depths.append(
-            QueueDepth(
-                queue=queue,
-                ready_by_priority=dict(zip(PRIORITIES, (int(n) for n in chunk), strict=True)),
-                unacked=unacked.get(queue, 0),
-            )
-        )
+    for queue in queues:
+        ready_by_priority = {
+            priority: sum(int(next(lengths)) for _name in ready_lists(queue, priority))
+            for priority in PRIORITIES
+        }
+        depths.append(QueueDepth(queue=queue, ready_by_priority=ready_by_priority,
+                                 unacked=unacked.get(queue, 0)))
     return depths

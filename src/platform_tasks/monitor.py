@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from platform_tasks import headers, keys
 from platform_tasks.heartbeat import live_consumers
-from platform_tasks.inspection import PRIORITIES, priority_list, unacked_by_queue
+from platform_tasks.inspection import PRIORITIES, ready_lists, unacked_by_queue
 from platform_tasks.observability import catalog
 from platform_tasks.queues import QUEUE_NAMES
 from platform_tasks.redis_client import connect, no_retry, sentinel_kwargs
@@ -171,26 +171,30 @@ class BrokerMonitor:
         with client.pipeline(transaction=False) as pipe:
             for queue in self.queues:
                 for priority in PRIORITIES:
-                    name = priority_list(queue, priority)
-                    pipe.llen(name)
-                    # kombu pushes on the left and pops on the right: the right end is oldest.
-                    pipe.lindex(name, -1)
-            replies = pipe.execute()
+                    for name in ready_lists(queue, priority):
+                        pipe.llen(name)
+                        # kombu pushes on the left and pops on the right: the right end is
+                        # oldest.
+                        pipe.lindex(name, -1)
+            replies = iter(pipe.execute())
         unacked = unacked_by_queue(client)
         seen: set[tuple[str, str]] = set()
-        for index, queue in enumerate(self.queues):
+        for queue in self.queues:
             oldest: float | None = None
-            for offset, priority in enumerate(PRIORITIES):
-                length, tail = replies[2 * (index * len(PRIORITIES) + offset):][:2]
-                self.gauges.ready.labels(queue, str(priority)).set(int(length))
-                if not tail:
-                    continue
-                since = message_ready_since(tail)
-                if since is None:
-                    marker = (priority_list(queue, priority), str(hash(tail)))
-                    since = self._first_seen.setdefault(marker, now)
-                    seen.add(marker)
-                oldest = since if oldest is None else min(oldest, since)
+            for priority in PRIORITIES:
+                ready = 0
+                for name in ready_lists(queue, priority):
+                    length, tail = next(replies), next(replies)
+                    ready += int(length)
+                    if not tail:
+                        continue
+                    since = message_ready_since(tail)
+                    if since is None:
+                        marker = (name, str(hash(tail)))
+                        since = self._first_seen.setdefault(marker, now)
+                        seen.add(marker)
+                    oldest = since if oldest is None else min(oldest, since)
+                self.gauges.ready.labels(queue, str(priority)).set(ready)
             self.gauges.oldest_age.labels(queue).set(
                 max(0.0, now - oldest) if oldest is not None else 0.0
             )

@@ -16,7 +16,7 @@ import redis
 from platform_tasks import headers, keys
 from platform_tasks.devstack.topology import SentinelTopology
 from platform_tasks.heartbeat import Heartbeat
-from platform_tasks.inspection import priority_list
+from platform_tasks.inspection import priority_list, wake_list
 from platform_tasks.monitor import BrokerMonitor
 from platform_tasks.observability import catalog
 from platform_tasks.producer import TaskProducer
@@ -71,6 +71,9 @@ def test_queue_view_counts_priorities_unacked_age_and_consumers(
             oldest = json.loads(client.lindex("default", -1))
             oldest["headers"][headers.ENQUEUED_AT] = time.time() - 60
             client.lset("default", -1, json.dumps(oldest))
+            # An idle worker's wait moved it to the wake list, and its fetch has not run yet:
+            # still ready, still the oldest.
+            client.lmove("default", wake_list("default"), "RIGHT", "LEFT")
             # A foreign producer's message carries no enqueued-at header.
             client.lpush(priority_list("email", 0), json.dumps({"headers": {}, "body": ""}))
             Heartbeat(settings, "default", "default@pod-a").beat_once(client)

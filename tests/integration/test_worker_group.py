@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -190,6 +191,66 @@ def test_both_members_consume_and_a_dead_one_is_replaced(
     after = uuid.uuid4().hex
     send(settings, tasks.RECORD_PID, after)
     wait_until(lambda: events(broker, after), 30, "a task after the replacement")
+
+
+def _blocked_waits(broker: redis.Redis) -> int:
+    return sum(1 for client in broker.client_list() if client.get("cmd") == "blmove")
+
+
+class _CommandLog:
+    """The first word of every command the master runs (MONITOR), while it is open."""
+
+    END = "end-of-command-log"
+
+    def __init__(self, master: redis.Redis) -> None:
+        self._master = master
+        self.commands: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def __enter__(self) -> _CommandLog:
+        self._monitor = self._master.monitor().__enter__()
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        while True:
+            command = self._monitor.next_command()
+            if command["client_type"] == "lua":
+                continue  # the fetch script's own RPOPs
+            if self.END in command["command"]:
+                return
+            self.commands.append(command["command"].split(" ", 1)[0].upper())
+
+    def __exit__(self, *_: object) -> None:
+        self._master.echo(self.END)
+        self._thread.join(10)
+        self._monitor.__exit__()
+
+
+def test_one_idle_member_wakes_per_message(
+    settings: Settings, broker: redis.Redis, master: redis.Redis,
+    group: tuple[ManagedProcess, int],
+) -> None:
+    """Each message wakes one idle member, not every member blocked on the queue: a wait
+    that woke all of them cost each loser a wait and a fetch per message (for a group of
+    N members, N-1 wasted round trips on the master for every message at light load)."""
+    host = socket.gethostname()
+    expected = {f"default-{index}@{host}" for index in range(1, GROUP_SIZE + 1)}
+    wait_until(lambda: member_names(broker) >= expected, 60, "every member's heartbeat")
+    wait_until(lambda: _blocked_waits(broker) == GROUP_SIZE, 30, "every member idle")
+    marker = uuid.uuid4().hex
+    messages = 30
+    with _CommandLog(master) as log:
+        for index in range(messages):
+            send(settings, tasks.RECORD_PID, marker)
+            wait_until(lambda n=index + 1: len(events(broker, marker)) == n, 30, "the task")
+            # Idle again, all of them, before the next message.
+            wait_until(lambda: _blocked_waits(broker) == GROUP_SIZE, 30, "every member idle")
+    waits = log.commands.count("BLMOVE")
+    # One wait per message for the member it woke, plus waits that ran out (the 1 s poll
+    # timeout) while the messages were sent; waking every member made it GROUP_SIZE per
+    # message.
+    assert messages <= waits < messages * 1.5, log.commands
 
 
 def test_sigterm_stops_every_member_and_the_group_exits_cleanly(

@@ -19,7 +19,7 @@ import redis
 from ledger import Ledger
 
 from platform_tasks import keys
-from platform_tasks.inspection import PRIORITIES, UNACKED_HASH, priority_list
+from platform_tasks.inspection import PRIORITIES, UNACKED_HASH, ready_lists
 from platform_tasks.queues import QUEUE_NAMES
 
 UNACKED_INDEX = "unacked_index"
@@ -41,7 +41,8 @@ class DrainResult:
 
 
 def _lists() -> list[str]:
-    return [priority_list(queue, priority) for queue in QUEUE_NAMES for priority in PRIORITIES]
+    return [name for queue in QUEUE_NAMES for priority in PRIORITIES
+            for name in ready_lists(queue, priority)]
 
 
 def broker_backlog(client: redis.Redis) -> dict[str, int]:

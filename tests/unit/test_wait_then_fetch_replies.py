@@ -44,12 +44,14 @@ def reader(redis_url: str) -> Iterator[_Reader]:
 FETCH = ["EVAL", "return redis.call('RPOP', KEYS[1])", 1, "q"]
 
 
-def test_a_wait_that_finds_an_item_leaves_it_for_the_fetch(reader: _Reader) -> None:
+def test_a_wait_that_finds_an_item_moves_it_where_the_fetch_takes_it(reader: _Reader) -> None:
     reader.client.lpush("q", "m1")
 
-    reader.send(["BLMOVE", "q", "q", "RIGHT", "RIGHT", 1], FETCH)
+    reader.send(["BLMOVE", "q", "q-wake", "RIGHT", "LEFT", 1],
+                ["EVAL", "return redis.call('RPOP', KEYS[1])", 1, "q-wake"])
 
     assert reader.read() == (None, b"m1")
+    assert reader.client.exists("q", "q-wake") == 0
 
 
 def test_a_wait_that_times_out_still_yields_the_fetchs_reply(reader: _Reader) -> None:
