@@ -476,6 +476,7 @@ class TaskProducer:
                 lambda: self._redis.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS),
                 budget_seconds=PUBLISH_BUDGET_SECONDS,
             )
+        self._add_to_parent([task_id])
         if structlog.is_configured():
             logger.debug("task_enqueued", task_name=task_name, queue=queue, task_id=task_id,
                          correlation_id=item.correlation_id)
@@ -512,7 +513,7 @@ class TaskProducer:
         try:
             for start in range(0, len(checked), batch_size):
                 batch = checked[start:start + batch_size]
-                self._publish_batch(task_name, queue, batch)
+                self._add_to_parent(self._publish_batch(task_name, queue, batch))
                 done += len(batch)
         except BaseException as error:
             if done == 0 or not isinstance(error, Exception):
@@ -575,13 +576,23 @@ class TaskProducer:
             ))
         return checked
 
-    def _publish_batch(self, task_name: str, queue: str, batch: list[_Checked]) -> None:
-        """Publish ``batch`` in one transaction, after claiming its idempotency keys."""
+    def _add_to_parent(self, task_ids: list[str]) -> None:
+        """Inside a task, list the tasks it enqueued in its result's ``children``, as
+        Celery's ``send_task`` does, so ``AsyncResult(parent).children`` names them."""
+        parent = self.app.current_worker_task
+        if parent is None:
+            return
+        for task_id in task_ids:
+            parent.add_trail(self.app.AsyncResult(task_id))
+
+    def _publish_batch(self, task_name: str, queue: str, batch: list[_Checked]) -> list[str]:
+        """Publish ``batch`` in one transaction, after claiming its idempotency keys; the
+        ids of the tasks published (not those whose key was published before)."""
         claimed = self._claim_many([item for item in batch if item.dedup_key is not None])
         to_send = [item for item in batch
                    if item.idempotency_key is None or item.dedup_key in claimed]
         if not to_send:
-            return
+            return []
         try:
             self._write(queue, self._build(task_name, queue, to_send))
         except BaseException:
@@ -595,6 +606,7 @@ class TaskProducer:
                     pipe.execute()
 
             retry_through_failover(mark_published, budget_seconds=PUBLISH_BUDGET_SECONDS)
+        return [item.task_id for item in to_send]
 
     def _build(
         self, task_name: str, queue: str, items: list[_Checked]

@@ -94,3 +94,18 @@ RECORD_PID = "tests.solo_limits.record_pid"
 def record_pid(marker: str) -> None:
     record(marker, "ran")
     time.sleep(0.05)
+
+
+ENQUEUES_CHILDREN = "tests.solo_limits.enqueues_children"
+ADD = "platform_tasks.default.add_numbers"
+
+
+@shared_task(name=ENQUEUES_CHILDREN, ignore_result=False)  # type: ignore[untyped-decorator]
+def enqueues_children() -> list[str]:
+    """Enqueues three tasks through the producer API, one alone and two in bulk."""
+    from platform_tasks.producer import TaskProducer
+
+    with TaskProducer(load_settings()) as producer:
+        alone = producer.enqueue(ADD, queue="default", args=[1, 1])
+        bulk = producer.enqueue_many(ADD, [((2, 2), {}), ((3, 3), {})], queue="default")
+    return [alone, *bulk]

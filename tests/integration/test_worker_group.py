@@ -253,6 +253,26 @@ def test_one_idle_member_wakes_per_message(
     assert messages <= waits < messages * 1.5, log.commands
 
 
+def test_tasks_a_task_enqueues_are_its_results_children(
+    settings: Settings, group: tuple[ManagedProcess, int],
+) -> None:
+    """As with ``.delay()`` inside a task, the parent's result lists them."""
+    parent_id = send(settings, tasks.ENQUEUES_CHILDREN)
+    state, child_ids = outcome(settings, parent_id, 60)
+    assert state == "SUCCESS", child_ids
+    assert len(child_ids) == 3
+
+    app = create_app(settings)
+    try:
+        parent = app.AsyncResult(parent_id)
+        assert [child.id for child in parent.children] == child_ids
+        for child_id in child_ids:
+            child = app.AsyncResult(child_id)
+            assert child.get(timeout=60) in (2, 4, 6)
+    finally:
+        app.close()
+
+
 def test_sigterm_stops_every_member_and_the_group_exits_cleanly(
     broker: redis.Redis, group: tuple[ManagedProcess, int]
 ) -> None:
