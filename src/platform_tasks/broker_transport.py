@@ -40,7 +40,7 @@ from kombu.transport import virtual as kombu_virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from platform_tasks import consumer_loop, fetch_script, redeliveries
+from platform_tasks import consumer_loop, fetch_script, redeliveries, result_writes
 from platform_tasks.inspection import wake_list
 from platform_tasks.observability import held_lines
 from platform_tasks.visibility import VisibilityHeartbeat, refresh_interval
@@ -174,7 +174,11 @@ class FailoverTolerantQoS(kombu_redis.QoS):
         return pending
 
     def flush_acks(self) -> None:
-        """Remove the records of the messages acknowledged since the last flush."""
+        """Remove the records of the messages acknowledged since the last flush, once the
+        results sent meanwhile are confirmed stored (:mod:`platform_tasks.result_writes`):
+        never an ack before its result."""
+        if not result_writes.confirm():
+            return  # tried again next turn, with these acks
         tags = self._pending_acks
         if not tags:
             return

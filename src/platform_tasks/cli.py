@@ -120,12 +120,14 @@ def _run_worker(options: argparse.Namespace, settings: Settings, pool: str,
     app.conf.worker_soft_shutdown_timeout = float(policy.soft_shutdown_seconds)
     worker_hooks.install(app)
     if pool == "solo":
-        from platform_tasks import solo_limits
+        from platform_tasks import result_writes, solo_limits
         from platform_tasks.observability import held_lines
 
         solo_limits.install()
-        # Tasks run on the consumer loop's own thread, which flushes held lines every turn.
+        # Tasks run on the consumer loop's own thread, which flushes held lines every turn
+        # and confirms the results it sent before each turn's acks.
         held_lines.enable()
+        result_writes.enable()
     # The solo pool runs each task on the consumer loop itself: a long task is not a wedge.
     heartbeat.install(settings, options.queue, watch_loop=pool != "solo", member=member)
     if settings.metrics_port:

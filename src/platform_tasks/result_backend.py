@@ -19,6 +19,7 @@ from celery.backends.redis import SentinelBackend as CelerySentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
+from platform_tasks import result_writes
 from platform_tasks.redis_errors import is_transient_reply
 
 #: Celery's rule in one step: never overwrite a SUCCESS (a lost worker's late duplicate must
@@ -61,25 +62,37 @@ class _PlatformBackend:
             raise BackendStoreError("value too large for Redis backend", state=state,
                                     task_id=task_id)
         expires = backend.failure_expires if state == states.FAILURE else backend.expires
-        backend.ensure(self._store_unless_succeeded,
-                       (backend.get_key_for_task(task_id), value, expires))
+        key = backend.get_key_for_task(task_id)
+        if state in states.READY_STATES and result_writes.PENDING.send(
+            backend, self._store_script().sha,
+            result_writes.ResultWrite(key, value, _seconds(expires)),
+        ):
+            return result
+        backend.ensure(self._store_unless_succeeded, (key, value, expires))
         return result
 
-    def _store_unless_succeeded(self, key: str, value: Any, expires: Any) -> None:
+    def _store_script(self) -> Any:
         backend: Any = self
-        script = backend.__dict__.get("_store_script")
+        script = backend.__dict__.get("_store_script_object")
         if script is None:
             # redis-py's Script runs EVALSHA and loads the script again after a NOSCRIPT
             # (a new master after a failover has an empty script cache).
-            script = backend.__dict__["_store_script"] = backend.client.register_script(
+            script = backend.__dict__["_store_script_object"] = backend.client.register_script(
                 _STORE_UNLESS_SUCCEEDED)
-        seconds = int(expires.total_seconds() if hasattr(expires, "total_seconds")
-                      else expires or 0)
-        script(keys=[key], args=[value, seconds], client=backend.client)
+        return script
+
+    def _store_unless_succeeded(self, key: str, value: Any, expires: Any) -> None:
+        backend: Any = self
+        self._store_script()(keys=[key], args=[value, _seconds(expires)],
+                             client=backend.client)
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Also retry storing a result through a failover's NOREPLICAS/READONLY replies."""
         return bool(super().exception_safe_to_retry(exc)) or is_transient_reply(exc)  # type: ignore[misc]
+
+
+def _seconds(expires: Any) -> int:
+    return int(expires.total_seconds() if hasattr(expires, "total_seconds") else expires or 0)
 
 
 class RedisBackend(_PlatformBackend, CeleryRedisBackend):  # type: ignore[misc]

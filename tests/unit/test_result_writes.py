@@ -1,0 +1,131 @@
+"""Results sent without waiting, against a real redis-server: stored once confirmed, whatever
+happened to the first attempt, and reported as not stored while they cannot be.
+
+Each test stores through the platform's result backend on a thread of its own, the way the
+solo pool's consumer loop does (the thread that turned sending on).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from platform_tasks import result_writes
+from platform_tasks.app import create_app
+from platform_tasks.settings import load_settings
+
+
+@pytest.fixture
+def backend(redis_url: str) -> Iterator[Any]:
+    redis.Redis.from_url(redis_url).flushall()
+    app = create_app(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url}))
+    # A failed store is not retried for the 20 s Celery's policy allows.
+    app.backend.retry_policy = {"max_retries": 0, "interval_start": 0, "interval_step": 0,
+                                "interval_max": 0}
+    yield app.backend
+    app.close()
+
+
+def on_sending_thread(work: Callable[[], Any]) -> Any:
+    """Run ``work`` on a fresh thread that sends results without waiting, as the loop does."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        result_writes.PENDING.forget()
+        result_writes.enable()
+        try:
+            outcome["value"] = work()
+        finally:
+            result_writes.PENDING.forget()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    return outcome["value"]
+
+
+def status(backend: Any, task_id: str) -> str:
+    backend._cache.pop(task_id, None)
+    return str(backend.get_task_meta(task_id)["status"])
+
+
+def test_a_final_result_is_sent_then_confirmed_stored(backend: Any) -> None:
+    def work() -> tuple[int, str, bool, str]:
+        backend.store_result("t-1", 42, "SUCCESS")
+        sent = result_writes.PENDING.unconfirmed
+        # The first send on a fresh server answers NOSCRIPT: redone the usual way.
+        confirmed = result_writes.confirm()
+        backend.store_result("t-2", ValueError("no"), "FAILURE")
+        return sent, status(backend, "t-1"), confirmed and result_writes.confirm(), status(
+            backend, "t-2")
+
+    sent, first, confirmed, second = on_sending_thread(work)
+
+    assert (sent, first, confirmed, second) == (1, "SUCCESS", True, "FAILURE")
+
+
+def test_a_state_a_running_task_reports_is_stored_at_once(backend: Any) -> None:
+    def work() -> tuple[int, str]:
+        backend.store_result("t-3", {"done": 1}, "PROGRESS")
+        backend.store_result("t-4", None, "RETRY")
+        return result_writes.PENDING.unconfirmed, status(backend, "t-3")
+
+    assert on_sending_thread(work) == (0, "PROGRESS")
+
+
+def test_another_thread_stores_at_once(backend: Any) -> None:
+    result_writes.PENDING.forget()
+    backend.store_result("t-5", 1, "SUCCESS")
+
+    assert result_writes.PENDING.unconfirmed == 0
+    assert status(backend, "t-5") == "SUCCESS"
+
+
+def test_writes_whose_replies_were_lost_with_the_connection_are_redone(
+    backend: Any, redis_url: str
+) -> None:
+    admin = redis.Redis.from_url(redis_url)
+
+    def work() -> tuple[bool, list[str]]:
+        backend.store_result("t-6", 1, "SUCCESS")
+        assert result_writes.confirm()  # the script is loaded from here on
+        for task_id in ("t-7", "t-8"):
+            backend.store_result(task_id, 2, "SUCCESS")
+        # Every other client's connection goes, the sending one with replies unread.
+        admin.client_kill_filter(_type="normal", skipme=True)
+        return result_writes.confirm(), [status(backend, t) for t in ("t-7", "t-8")]
+
+    assert on_sending_thread(work) == (True, ["SUCCESS", "SUCCESS"])
+
+
+def test_a_result_that_cannot_be_stored_is_kept_and_reported_until_it_can(
+    backend: Any,
+) -> None:
+    admin = backend.client  # the results' database, on a connection of its own
+    key = backend.get_key_for_task("t-9")
+
+    def work() -> tuple[bool, int, bool, str]:
+        backend.store_result("t-0", 0, "SUCCESS")
+        assert result_writes.confirm()
+        admin.rpush(key, "not a result")  # the store script's GET now fails: WRONGTYPE
+        backend.store_result("t-9", 9, "SUCCESS")
+        first = result_writes.confirm()
+        kept = result_writes.PENDING.unconfirmed
+        admin.delete(key)
+        return first, kept, result_writes.confirm(), status(backend, "t-9")
+
+    assert on_sending_thread(work) == (False, 1, True, "SUCCESS")
+
+
+def test_a_success_is_never_replaced_by_a_late_duplicate(backend: Any) -> None:
+    def work() -> str:
+        backend.store_result("t-10", 1, "SUCCESS")
+        backend.store_result("t-10", ValueError("late"), "FAILURE")
+        assert result_writes.confirm()
+        return str(backend.get_task_meta("t-10")["result"])
+
+    assert on_sending_thread(work) == "1"
