@@ -1,5 +1,6 @@
-"""Celery's Redis result backends: no pub/sub subscription per sent task, one round trip per
-stored result, failover-tolerant.
+"""Celery's Redis result backends: no pub/sub subscription per sent task, one script call per
+stored result (on the solo pool, sent without waiting: :mod:`platform_tasks.result_writes`),
+failover-tolerant.
 
 Celery's Redis backend subscribes to every task it sends, so that ``AsyncResult.get()`` can
 wake up on a notification. Producers enqueue far more tasks than they wait on: each

@@ -77,3 +77,19 @@ def test_console_format_and_level_come_from_the_settings() -> None:
     assert "hello" in out
     assert "below the level" in out
     assert "Pa55word" not in out
+
+
+def test_line_timestamps_are_utc_iso_8601_with_microseconds() -> None:
+    import re
+    from datetime import UTC, datetime
+
+    from platform_tasks.observability.logging import _UtcClock
+
+    clock = _UtcClock()
+    for _ in range(2000):  # several calls within a second, and perhaps across one
+        before = datetime.now(UTC)
+        stamp = clock.now()
+        after = datetime.now(UTC)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp), stamp
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert before.replace(microsecond=0) <= parsed <= after

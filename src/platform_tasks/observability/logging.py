@@ -108,13 +108,12 @@ class _UtcClock:
         self._prefix = ""
 
     def now(self) -> str:
-        now = time.time()
-        second = int(now)
+        # Integer microseconds, zero-padded by slicing: half the cost of formatting a float.
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
             self._second = second
-        # %d truncates the float as int() would, at half the cost of an f-string with int().
-        return "%s.%06dZ" % (self._prefix, (now - second) * 1_000_000)  # noqa: UP031
+        return self._prefix + str(1_000_000 + micro)[1:] + "Z"
 
 
 def _stamp(
