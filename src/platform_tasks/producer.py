@@ -578,9 +578,10 @@ class TaskProducer:
 
     def _add_to_parent(self, task_ids: list[str]) -> None:
         """Inside a task, list the tasks it enqueued in its result's ``children``, as
-        Celery's ``send_task`` does, so ``AsyncResult(parent).children`` names them."""
+        Celery's ``send_task`` does, so ``AsyncResult(parent).children`` names them.
+        Not for a task whose result is not stored: the list would only fill its memory."""
         parent = self.app.current_worker_task
-        if parent is None:
+        if parent is None or parent.ignore_result or parent.request.ignore_result:
             return
         for task_id in task_ids:
             parent.add_trail(self.app.AsyncResult(task_id))

@@ -10,10 +10,12 @@ acknowledged before its result is stored.
 
 A reply that is an error (``NOSCRIPT`` on a master that never ran the script, ``READONLY``
 or ``NOREPLICAS`` during a failover), or a connection lost with replies unread, makes the
-same writes go again the usual way, through the backend's retries; the script never
-overwrites a ``SUCCESS``, so a write that landed twice changes nothing. If even that fails,
-the writes and the turn's acks wait for the next turn; a worker killed meanwhile acked
-nothing, so its messages run again: at least once, as before.
+same writes go again the usual way; the script never overwrites a ``SUCCESS``, so a write
+that landed twice changes nothing. If that fails with a failover's reply or a lost
+connection, the writes and the turn's acks wait for the next turn (a worker killed meanwhile
+acked nothing, so its messages run again: at least once, as before); a refusal that cannot
+pass (``WRONGTYPE`` on the result's key, ``NOPERM``) drops the write with an error logged, as
+the direct store failed before, so one bad key cannot hold every later ack back.
 
 Only final states (success, failure) go this way: a state a running task reports
 (``update_state``, ``RETRY``, ``STARTED``) is written at once, since the task may run on for
@@ -27,6 +29,10 @@ import os
 import threading
 from dataclasses import dataclass
 from typing import Any
+
+import redis
+
+from platform_tasks.redis_errors import is_transient_reply
 
 logger = logging.getLogger(__name__)
 
@@ -94,38 +100,66 @@ class ResultWrites:
     def confirm(self) -> bool:
         """Read the replies of every write sent, and redo the ones that did not land.
 
-        True when every result sent so far is stored; False when some could not be stored
-        yet (they are kept and redone at the next call).
+        True when every result sent so far is stored (or was refused for good: see
+        :meth:`_redo`); False when some could not be stored yet (they are kept and redone at
+        the next call). A write leaves the books only once its reply was read.
         """
         if not self._sent and not self._unstored:
             return True
-        sent, self._sent = self._sent, []
-        unstored, self._unstored = self._unstored, []
         connection = self._connection
-        for index, write in enumerate(sent):
+        while self._sent:
             try:
                 connection.read_response()
-            except Exception as error:
-                if _is_connection_error(error):
-                    unstored.extend(sent[index:])
-                    self._drop_connection()
-                    break
-                unstored.append(write)  # an error reply: the connection stays in step
-        return self._redo(unstored)
+            except redis.ResponseError:
+                # An error reply (NOSCRIPT, READONLY...): read whole, the next reply is the
+                # next write's.
+                self._unstored.append(self._sent.pop(0))
+                continue
+            except BaseException as error:
+                # Anything else (a lost connection, a protocol error, a time-limit signal in
+                # the middle of a read) leaves the replies out of step: every write not yet
+                # confirmed is redone, on a new connection.
+                self._unstored.extend(self._sent)
+                self._sent = []
+                self._drop_connection()
+                if not isinstance(error, Exception):
+                    raise
+                break
+            self._sent.pop(0)
+        return self._redo()
 
-    def _redo(self, writes: list[ResultWrite]) -> bool:
+    def _redo(self) -> bool:
+        """Store the writes whose reply was not a success, the usual way (redis-py's script
+        call loads the script after a NOSCRIPT; the backend retries connection errors).
+
+        A refusal that will not pass (WRONGTYPE, NOPERM, a script error) drops its write with
+        an error logged, as the direct store it replaces failed the same way; a failover's
+        replies and lost connections keep it, and hold the acks, for the next turn.
+        """
         backend = self._backend
-        for index, write in enumerate(writes):
+        while self._unstored:
+            write = self._unstored[0]
             try:
                 backend.ensure(backend._store_unless_succeeded,
                                (write.key, write.value, write.expires_seconds))
-            except Exception as error:
-                logger.warning("could not store %d task results yet (%s); the messages "
-                               "stay unacknowledged and the writes are tried again",
-                               len(writes) - index, error)
-                self._unstored.extend(writes[index:])
+            except redis.ResponseError as error:
+                if not is_transient_reply(error):
+                    logger.error("could not store the result under %s: %s; it is dropped",
+                                 _text(write.key), error)
+                    self._unstored.pop(0)
+                    continue
+                self._report_kept(error)
                 return False
+            except Exception as error:
+                self._report_kept(error)
+                return False
+            self._unstored.pop(0)
         return True
+
+    def _report_kept(self, error: BaseException) -> None:
+        logger.warning("could not store %d task results yet (%s); their messages stay "
+                       "unacknowledged and the writes are tried again next turn",
+                       len(self._unstored), error)
 
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None
@@ -146,10 +180,8 @@ class ResultWrites:
         self._unstored = []
 
 
-def _is_connection_error(error: BaseException) -> bool:
-    import redis
-
-    return isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError))
+def _text(key: Any) -> str:
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
 
 
 PENDING = ResultWrites()

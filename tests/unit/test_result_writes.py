@@ -39,12 +39,16 @@ def on_sending_thread(work: Callable[[], Any]) -> Any:
         result_writes.enable()
         try:
             outcome["value"] = work()
+        except BaseException as error:  # raised again on the test's own thread
+            outcome["error"] = error
         finally:
             result_writes.PENDING.forget()
 
     thread = threading.Thread(target=run)
     thread.start()
     thread.join(30)
+    if "error" in outcome:
+        raise outcome["error"]
     return outcome["value"]
 
 
@@ -93,32 +97,57 @@ def test_writes_whose_replies_were_lost_with_the_connection_are_redone(
     def work() -> tuple[bool, list[str]]:
         backend.store_result("t-6", 1, "SUCCESS")
         assert result_writes.confirm()  # the script is loaded from here on
+        # Writes wait unexecuted while paused; then every other client's connection goes,
+        # the sending one with its two writes unrun and their replies unread.
+        admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
         for task_id in ("t-7", "t-8"):
             backend.store_result(task_id, 2, "SUCCESS")
-        # Every other client's connection goes, the sending one with replies unread.
         admin.client_kill_filter(_type="normal", skipme=True)
+        admin.execute_command("CLIENT", "UNPAUSE")
         return result_writes.confirm(), [status(backend, t) for t in ("t-7", "t-8")]
 
     assert on_sending_thread(work) == (True, ["SUCCESS", "SUCCESS"])
 
 
-def test_a_result_that_cannot_be_stored_is_kept_and_reported_until_it_can(
+def test_a_result_refused_in_a_failover_is_kept_and_reported_until_it_lands(
     backend: Any,
 ) -> None:
     admin = backend.client  # the results' database, on a connection of its own
-    key = backend.get_key_for_task("t-9")
 
     def work() -> tuple[bool, int, bool, str]:
         backend.store_result("t-0", 0, "SUCCESS")
         assert result_writes.confirm()
-        admin.rpush(key, "not a result")  # the store script's GET now fails: WRONGTYPE
-        backend.store_result("t-9", 9, "SUCCESS")
-        first = result_writes.confirm()
-        kept = result_writes.PENDING.unconfirmed
-        admin.delete(key)
+        # What a master without an in-sync replica answers every write: NOREPLICAS.
+        admin.config_set("min-replicas-to-write", 1)
+        try:
+            backend.store_result("t-9", 9, "SUCCESS")
+            first = result_writes.confirm()
+            kept = result_writes.PENDING.unconfirmed
+        finally:
+            admin.config_set("min-replicas-to-write", 0)
         return first, kept, result_writes.confirm(), status(backend, "t-9")
 
     assert on_sending_thread(work) == (False, 1, True, "SUCCESS")
+
+
+def test_a_result_refused_for_good_is_dropped_not_holding_later_acks_back(
+    backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = backend.client
+    key = backend.get_key_for_task("t-11")
+
+    def work() -> tuple[bool, int, str]:
+        backend.store_result("t-0", 0, "SUCCESS")
+        assert result_writes.confirm()
+        admin.rpush(key, "not a result")  # the store script's GET fails: WRONGTYPE
+        backend.store_result("t-11", 11, "SUCCESS")
+        backend.store_result("t-12", 12, "SUCCESS")
+        return (result_writes.confirm(), result_writes.PENDING.unconfirmed,
+                status(backend, "t-12"))
+
+    with caplog.at_level("ERROR", logger="platform_tasks.result_writes"):
+        assert on_sending_thread(work) == (True, 0, "SUCCESS")
+    assert any("WRONGTYPE" in record.getMessage() for record in caplog.records)
 
 
 def test_a_success_is_never_replaced_by_a_late_duplicate(backend: Any) -> None:
@@ -129,3 +158,69 @@ def test_a_success_is_never_replaced_by_a_late_duplicate(backend: Any) -> None:
         return str(backend.get_task_meta("t-10")["result"])
 
     assert on_sending_thread(work) == "1"
+
+
+@pytest.fixture
+def second_redis(redis_server_binary: Any) -> Iterator[redis.Redis]:
+    """Another redis-server of the test's own: the results' one, apart from the broker's."""
+    import subprocess
+    import time
+
+    from platform_tasks.devstack.ports import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [str(redis_server_binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the second redis-server did not start"
+                time.sleep(0.05)
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(10)
+
+
+def test_acks_wait_for_the_results_sent_before_them(redis_url: str,
+                                                     second_redis: redis.Redis) -> None:
+    """The broker's QoS removes an acknowledged message's record only once the results sent
+    before it are stored: here the results' server refuses writes (NOREPLICAS) for a while."""
+    broker = redis.Redis.from_url(redis_url)
+    broker.flushall()
+    app = create_app(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url}))
+    port = second_redis.connection_pool.connection_kwargs["port"]
+    app.conf.result_backend = f"redis://127.0.0.1:{port}/1"
+    backend = app.backend
+
+    def work() -> tuple[bool, bool, bool, str]:
+        with app.connection_for_read() as connection:
+            qos = connection.default_channel.qos
+            broker.hset(qos.unacked_key, "tag-1", '[{}, "", "default"]')
+            broker.zadd(qos.unacked_index_key, {"tag-1": 1.0})
+            backend.store_result("t-20", 20, "SUCCESS")
+            assert result_writes.confirm()  # the script is loaded on the results' server
+            second_redis.config_set("min-replicas-to-write", 1)
+            try:
+                backend.store_result("t-21", 21, "SUCCESS")
+                qos._pending_acks.append("tag-1")
+                qos.flush_acks()
+                held = bool(broker.hexists(qos.unacked_key, "tag-1"))
+            finally:
+                second_redis.config_set("min-replicas-to-write", 0)
+            qos.flush_acks()
+            gone = not broker.hexists(qos.unacked_key, "tag-1") and not broker.zscore(
+                qos.unacked_index_key, "tag-1")
+            return held, gone, result_writes.PENDING.unconfirmed == 0, status(backend, "t-21")
+
+    try:
+        assert on_sending_thread(work) == (True, True, True, "SUCCESS")
+    finally:
+        app.close()
