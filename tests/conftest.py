@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -95,12 +96,12 @@ def promtool_binary() -> Path:
     return _system_binary("promtool", "apt-get install prometheus (make test does, as root)")
 
 
-@pytest.fixture(scope="module")
-def redis_url(redis_server_binary: Path) -> Iterator[str]:
-    """A plain redis-server of the module's own on a free loopback port, nothing persisted."""
+@contextlib.contextmanager
+def plain_redis_server(binary: Path) -> Iterator[str]:
+    """A redis-server on a free loopback port, nothing persisted, stopped on exit: its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [str(redis_server_binary), "--port", str(port), "--bind", "127.0.0.1",
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -120,3 +121,17 @@ def redis_url(redis_server_binary: Path) -> Iterator[str]:
         client.close()
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server_binary: Path) -> Iterator[str]:
+    """A plain redis-server of the module's own on a free loopback port, nothing persisted."""
+    with plain_redis_server(redis_server_binary) as url:
+        yield url
+
+
+@pytest.fixture
+def another_redis_url(redis_server_binary: Path) -> Iterator[str]:
+    """A second plain redis-server, of the test's own (e.g. results apart from the broker)."""
+    with plain_redis_server(redis_server_binary) as url:
+        yield url

@@ -160,44 +160,15 @@ def test_a_success_is_never_replaced_by_a_late_duplicate(backend: Any) -> None:
     assert on_sending_thread(work) == "1"
 
 
-@pytest.fixture
-def second_redis(redis_server_binary: Any) -> Iterator[redis.Redis]:
-    """Another redis-server of the test's own: the results' one, apart from the broker's."""
-    import subprocess
-    import time
-
-    from platform_tasks.devstack.ports import free_port
-
-    port = free_port()
-    process = subprocess.Popen(
-        [str(redis_server_binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "the second redis-server did not start"
-                time.sleep(0.05)
-        yield client
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(10)
-
-
 def test_acks_wait_for_the_results_sent_before_them(redis_url: str,
-                                                     second_redis: redis.Redis) -> None:
+                                                     another_redis_url: str) -> None:
     """The broker's QoS removes an acknowledged message's record only once the results sent
     before it are stored: here the results' server refuses writes (NOREPLICAS) for a while."""
     broker = redis.Redis.from_url(redis_url)
     broker.flushall()
+    second_redis = redis.Redis.from_url(another_redis_url)
     app = create_app(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url}))
-    port = second_redis.connection_pool.connection_kwargs["port"]
-    app.conf.result_backend = f"redis://127.0.0.1:{port}/1"
+    app.conf.result_backend = another_redis_url.rsplit("/", 1)[0] + "/1"
     backend = app.backend
 
     def work() -> tuple[bool, bool, bool, str]:
@@ -224,3 +195,4 @@ def test_acks_wait_for_the_results_sent_before_them(redis_url: str,
         assert on_sending_thread(work) == (True, True, True, "SUCCESS")
     finally:
         app.close()
+        second_redis.close()
