@@ -41,7 +41,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from platform_tasks import consumer_loop, fetch_script, redeliveries, result_writes
-from platform_tasks.inspection import wake_list
+from platform_tasks.inspection import ready_lists, wake_list
 from platform_tasks.observability import held_lines
 from platform_tasks.visibility import VisibilityHeartbeat, refresh_interval
 
@@ -332,13 +332,6 @@ class _ScreensDeliveries:
 _WAIT_THEN_FETCH = "BLMOVE+EVAL"
 
 
-def _fetch_lists(channel: Any, queue: str, priority: int) -> tuple[str, ...]:
-    """The lists a fetch takes ``queue``'s messages at ``priority`` from, in order."""
-    if priority == 0:
-        return (wake_list(queue), channel._q_for_pri(queue, priority))
-    return (channel._q_for_pri(queue, priority),)
-
-
 class _FetchesInBatches:
     """Channel behaviour: messages are taken by the atomic fetch script, in batches.
 
@@ -387,8 +380,9 @@ class _FetchesInBatches:
         queues = channel._queue_cycle.consume(len(channel.active_queues))
         if not queues:
             return
+        # The names kombu gives its lists (as channel._q_for_pri), the wake list first.
         lists = [name for priority in channel.priority_steps for queue in queues
-                 for name in _fetch_lists(channel, queue, priority)]
+                 for name in ready_lists(queue, priority)]
         room = channel.qos.can_consume_max_estimate()
         fetch = fetch_script.eval_args(
             channel.unacked_key, channel.unacked_index_key, lists,

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu.utils.encoding import bytes_to_str
 
 from platform_tasks.redis_errors import is_transient_reply
 
@@ -44,7 +45,7 @@ MAX_UNCONFIRMED = 256
 class ResultWrite:
     """One call of the store script: the result's key, its encoded meta, its expiry."""
 
-    key: str
+    key: str | bytes
     value: str
     expires_seconds: int
 
@@ -145,7 +146,7 @@ class ResultWrites:
             except redis.ResponseError as error:
                 if not is_transient_reply(error):
                     logger.error("could not store the result under %s: %s; it is dropped",
-                                 _text(write.key), error)
+                                 bytes_to_str(write.key), error)
                     self._unstored.pop(0)
                     continue
                 self._report_kept(error)
@@ -179,9 +180,6 @@ class ResultWrites:
         self._sent = []
         self._unstored = []
 
-
-def _text(key: Any) -> str:
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
 
 
 PENDING = ResultWrites()
