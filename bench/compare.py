@@ -10,6 +10,9 @@ Systems (every Redis is started here, on a free loopback port, and stopped at th
 - ``platform``: ``platform-tasks worker --queue default`` as shipped (a group of 2
   single-loop processes, JSON logs at INFO, /metrics on) against a Sentinel topology
   configured as the chart does;
+- ``platform-single-redis`` (only when named with ``--system``): the same worker and
+  producer against one plain ``redis-server`` like the baselines' (no replicas, no
+  Sentinels): what the Sentinel topology's extra processes cost when they share the cores;
 - ``seed-celery``: Celery as its "First steps" tutorial sets it up (``tasks.py`` with
   ``Celery('tasks', broker=redis://…, backend=redis://…)``, ``celery -A tasks worker
   --loglevel=INFO -c 2``), results stored, on a plain ``redis-server``;
@@ -75,9 +78,11 @@ from compare_report import (
 from compare_scenarios import PLATFORM_ONLY, SCENARIOS, Measurement, Sizes, Trial
 from compare_systems import (
     DramatiqSystem,
+    PlatformSingleRedisSystem,
     PlatformSystem,
     RqSystem,
     SeedCelerySystem,
+    SingleRedisBroker,
     System,
     Workload,
 )
@@ -86,7 +91,9 @@ from platform_tasks.devstack.ports import LOOPBACK, free_port
 from platform_tasks.devstack.redis_binary import find_redis_server
 from platform_tasks.devstack.topology import SentinelTopology
 
-SYSTEMS = ("platform", "seed-celery", "dramatiq", "rq")
+SYSTEMS = ("platform", "platform-single-redis", "seed-celery", "dramatiq", "rq")
+#: What runs without ``--system``: the platform as shipped and the baselines.
+DEFAULT_SYSTEMS = ("platform", "seed-celery", "dramatiq", "rq")
 THUMBNAIL_SIZES = ((256, 256), (128, 128))
 IMAGE = "bench/source.jpg"
 
@@ -188,7 +195,14 @@ def start_systems(stack: ExitStack, names: list[str], run_dir: Path,
             run_dir / "topology", password=secrets.token_urlsafe(12),
             sentinel_password=secrets.token_urlsafe(12)))
         systems.append(PlatformSystem(run_dir, workload, topology))
-    baselines = [name for name in names if name != "platform"]
+    if "platform-single-redis" in names:
+        # A Redis of its own: the platform's reset empties whole databases.
+        (run_dir / "single-redis").mkdir()
+        own = PlainRedis(run_dir / "single-redis")
+        own.start()
+        stack.callback(own.stop)
+        systems.append(PlatformSingleRedisSystem(run_dir, workload, SingleRedisBroker(own)))
+    baselines = [name for name in names if not name.startswith("platform")]
     if baselines:
         plain = PlainRedis(run_dir)
         plain.start()
@@ -307,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_saved(options)
     sizes, rounds = sizes_from(options)
     scenarios = options.scenario or list(SCENARIOS)
-    names = options.system or list(SYSTEMS)
+    names = options.system or list(DEFAULT_SYSTEMS)
     if "platform" not in names:
         scenarios = [scenario for scenario in scenarios if scenario not in PLATFORM_ONLY]
     # The producer side keeps structlog's defaults otherwise: a debug line per enqueue, timed.

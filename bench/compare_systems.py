@@ -3,6 +3,9 @@
 - ``platform``: the platform as shipped: ``platform-tasks worker --queue default`` (and, for
   the mix, the ``media`` and ``payments`` workers) against a Sentinel topology, JSON logs at
   INFO and /metrics on, producing through :class:`TaskProducer`.
+- ``platform-single-redis``: the same worker and producer against one plain ``redis-server``
+  like the baselines' (no replicas, no Sentinels; the producer then waits for no replica):
+  it tells what the Sentinel topology's extra processes cost when they share the cores.
 - ``seed-celery``: Celery exactly as its "First steps" tutorial configures it, generated as
   ``tasks.py`` into the run directory and run as ``celery -A tasks worker --loglevel=INFO
   -c 2`` against a plain Redis.
@@ -213,12 +216,29 @@ class _TaskStartLog:
             self.starts[str(entry["task_id"])] = stamp
 
 
+class SingleRedisBroker:
+    """A plain ``redis-server`` standing where the platform's Sentinel topology would: the
+    settings and the master address :class:`PlatformSystem` asks a broker for."""
+
+    password: str | None = None
+
+    def __init__(self, plain: PlainRedis) -> None:
+        self.plain = plain
+
+    def settings_env(self) -> dict[str, str]:
+        return {"PLATFORM_TASKS_REDIS_URL": self.plain.url(0)}
+
+    def master_address(self) -> tuple[str, int]:
+        return LOOPBACK, self.plain.port
+
+
 class PlatformSystem(System):
     name = "platform"
     default_processes = 2  # the default queue's policy: solo, a group of 2
     bulk_api = "TaskProducer.enqueue_many"
 
-    def __init__(self, run_dir: Path, workload: Workload, topology: SentinelTopology) -> None:
+    def __init__(self, run_dir: Path, workload: Workload,
+                 topology: SentinelTopology | SingleRedisBroker) -> None:
         super().__init__(run_dir, workload)
         self.topology = topology
         self.settings: Settings = load_settings(
@@ -328,6 +348,12 @@ class PlatformSystem(System):
 
     def close(self) -> None:
         self.producer.close()
+
+
+class PlatformSingleRedisSystem(PlatformSystem):
+    """The platform on one plain Redis (see the module's docstring)."""
+
+    name = "platform-single-redis"
 
 
 # -- Celery as the seed tutorial configures it ---------------------------------------------

@@ -67,3 +67,29 @@ def test_smoke_run_produces_a_result_for_every_system_and_scenario(
     ratios = document["scenarios"]["drain"]["ratios_platform_over"]["tasks_per_s"]
     assert set(ratios) == set(SYSTEMS) - {"platform"}
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(90)
+def test_the_platform_on_a_single_redis_runs_every_scenario_but_failover(
+    redis_server_binary: Path, tmp_path: Path
+) -> None:
+    # Given the harness asked for the platform on one plain redis-server only
+    results_path = tmp_path / "results.json"
+
+    # When it runs in smoke mode
+    run = subprocess.run(
+        [sys.executable, str(COMPARE), "--smoke", "--system", "platform-single-redis",
+         "--json", str(results_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=80, check=False,
+    )
+
+    # Then every scenario but the Sentinel failover has its numbers
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    document = json.loads(results_path.read_text())
+    assert set(document["scenarios"]) == set(SCENARIOS) - PLATFORM_ONLY
+    for scenario, found in document["scenarios"].items():
+        metrics = found["systems"]["platform-single-redis"]
+        assert metrics, f"nothing for {scenario}"
+        for metric, summary in metrics.items():
+            assert summary is not None, f"{scenario} {metric}: no value"
+            assert math.isfinite(summary["median"]), f"{scenario} {metric}"
