@@ -41,6 +41,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from platform_tasks import consumer_loop, fetch_script, redeliveries, result_writes
+from platform_tasks.ack_writes import AckWrites
 from platform_tasks.inspection import ready_lists, wake_list
 from platform_tasks.observability import held_lines
 from platform_tasks.visibility import VisibilityHeartbeat, refresh_interval
@@ -161,36 +162,83 @@ class FailoverTolerantQoS(kombu_redis.QoS):
             # Forgotten in memory now, removed from Redis with the other acks of this turn
             # of the event loop (flush_acks): one round trip for many tasks. A worker killed
             # before the flush leaves the record, and the message runs again: at least once.
-            self._pending_acks.append(delivery_tag)
+            self.defer_ack(delivery_tag)
             kombu_virtual.QoS.ack(self, delivery_tag)
             return
         super().ack(delivery_tag)  # type: ignore[no-untyped-call]
 
+    def defer_ack(self, delivery_tag: str) -> None:
+        """Remove ``delivery_tag``'s record at a flush, once the results this process sent
+        before now are stored."""
+        self._pending_acks.append((delivery_tag, result_writes.mark()))
+
     @property
-    def _pending_acks(self) -> list[str]:
-        pending: list[str] | None = self.__dict__.get("_pending_ack_tags")
+    def _pending_acks(self) -> list[tuple[str, int]]:
+        pending: list[tuple[str, int]] | None = self.__dict__.get("_pending_ack_tags")
         if pending is None:
             pending = self.__dict__["_pending_ack_tags"] = []
         return pending
 
-    def flush_acks(self) -> None:
-        """Remove the records of the messages acknowledged since the last flush, once the
-        results sent meanwhile are confirmed stored (:mod:`platform_tasks.result_writes`):
-        never an ack before its result."""
-        if not result_writes.confirm():
-            return  # tried again next turn, with these acks
-        tags = self._pending_acks
-        if not tags:
+    @property
+    def _ack_writes(self) -> AckWrites:
+        writes: AckWrites | None = self.__dict__.get("_ack_writes_sent")
+        if writes is None:
+            writes = self.__dict__["_ack_writes_sent"] = AckWrites()
+        return writes
+
+    def flush_acks(self, *, wait: bool = True) -> None:
+        """Remove the records of the messages acknowledged since the last flush whose
+        results, and every result sent before them, are stored
+        (:mod:`platform_tasks.result_writes`): never an ack before its result.
+
+        Without ``wait``, nothing is waited for: only the replies already there (of the
+        results, of earlier removals) are read, the acks they do not cover wait for a later
+        flush, and the removals are sent without reading their reply
+        (:mod:`platform_tasks.ack_writes`): the event loop goes on to the next fetch
+        instead of idling for round trips. With ``wait`` (before an idle wait, on close),
+        everything is settled before it returns.
+        """
+        result_writes.confirm(wait=wait)
+        self._send_acks(wait=wait)
+        if wait:
+            self._requeue_acks(self._ack_writes.read(wait=True))
+
+    def close_ack_writes(self) -> None:
+        """Give the removals' connection back; what it still carried stays pending (as
+        any ack a closing channel could not flush)."""
+        writes: AckWrites | None = self.__dict__.get("_ack_writes_sent")
+        if writes is not None:
+            self._requeue_acks(writes.close())
+
+    def _requeue_acks(self, tags: list[str]) -> None:
+        if tags:
+            # Their results are stored: they wait for nothing but the next flush.
+            self._pending_acks.extend((tag, 0) for tag in tags)
+            logger.warning("could not remove %d acknowledged messages' records yet; "
+                           "trying again next turn", len(tags))
+
+    def _send_acks(self, *, wait: bool) -> None:
+        self._requeue_acks(self._ack_writes.read(wait=wait))
+        pending = self._pending_acks
+        if not pending:
             return
-        self.__dict__["_pending_ack_tags"] = []
+        settled = result_writes.settled_below()
+        if pending[-1][1] <= settled:
+            tags = [tag for tag, _ in pending]
+            self.__dict__["_pending_ack_tags"] = []
+        else:
+            tags = [tag for tag, mark in pending if mark <= settled]
+            if not tags:
+                return  # tried again next turn
+            self.__dict__["_pending_ack_tags"] = [item for item in pending
+                                                  if item[1] > settled]
         try:
             with self.channel.conn_or_acquire() as client:
-                client.pipeline().zrem(self.unacked_index_key, *tags).hdel(
-                    self.unacked_key, *tags).execute()
+                self._ack_writes.send(client, self.unacked_index_key, self.unacked_key, tags)
         except Exception as error:
             # Tried again next turn; meanwhile the records are refreshed by nobody, so a long
             # outage lets the sweep requeue them (a duplicate run, never a loss).
-            self._pending_acks.extend(tags)
+            self._pending_acks.extend((tag, 0) for tag in tags)
             logger.warning("could not remove %d acknowledged messages' records yet: %s",
                            len(tags), error)
 
@@ -568,6 +616,7 @@ class _FlushesAcksOnClose:
         qos = self.__dict__.get("_qos")
         if qos is not None:
             qos.flush_acks()
+            qos.close_ack_writes()
         super().close()  # type: ignore[misc]
 
 
@@ -599,20 +648,31 @@ class _BatchesAcks:
     batch_acks = False
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        before = set(loop.on_tick)
         super().register_with_event_loop(connection, loop)  # type: ignore[misc]
+        # kombu's own tick (it sends the next fetch): run first in each turn, in the order
+        # below, instead of wherever the hub's set of callbacks happens to put it.
+        kombu_ticks = [tick for tick in loop.on_tick if tick not in before]
+        for tick in kombu_ticks:
+            loop.on_tick.discard(tick)
         transport: Any = self
         cycle = transport.cycle
 
-        def flush_acks() -> None:
+        def turn() -> None:
+            for tick in kombu_ticks:
+                tick()
             for channel in list(cycle._channels):
                 qos = channel.__dict__.get("_qos")
                 if qos is not None:
-                    qos.flush_acks()
+                    # With a fetch on its way, what is not confirmed yet goes next turn;
+                    # before an idle wait, everything goes now.
+                    qos.flush_acks(wait=getattr(channel, "_queue_was_empty", True))
+            consumer_loop.turned()
+            # Lifecycle lines held to share a write (solo pool) go out once per turn at the
+            # latest.
+            held_lines.flush()
 
-        loop.on_tick.add(flush_acks)
-        loop.on_tick.add(consumer_loop.turned)
-        # Lifecycle lines held to share a write (solo pool) go out once per turn at the latest.
-        loop.on_tick.add(held_lines.flush)
+        loop.on_tick.add(turn)
         self.batch_acks = True
 
 

@@ -65,8 +65,7 @@ class _PlatformBackend:
         expires = backend.failure_expires if state == states.FAILURE else backend.expires
         key = backend.get_key_for_task(task_id)
         if state in states.READY_STATES and result_writes.PENDING.send(
-            backend, self._store_script().sha,
-            result_writes.ResultWrite(key, value, _seconds(expires)),
+            backend, self._store_script().sha, key, value, _seconds(expires)
         ):
             return result
         backend.ensure(self._store_unless_succeeded, (key, value, expires))

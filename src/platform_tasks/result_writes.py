@@ -4,9 +4,12 @@ Storing a result is one script call (:mod:`platform_tasks.result_backend`). Wait
 reply kept a solo-pool worker idle for a full round trip per task: a third of its time in the
 drain benchmark. On the thread that turned this on (the solo pool's consumer loop, which runs
 the tasks), a finished task's result is written to the socket and the worker goes on to the
-next message; the replies are read once per turn of the loop, by the QoS right before it
-removes that turn's acknowledged messages (:meth:`confirm`), so a message is never
-acknowledged before its result is stored.
+next message; the replies are read once per turn of the loop, by the QoS before it removes
+the acknowledged messages' records (:meth:`confirm`). Each ack carries a mark of the writes
+sent before it (:meth:`mark`) and goes only once they are all stored (:meth:`settled_below`),
+so a message is never acknowledged before its result is stored. While the loop has a fetch
+on its way, the turn reads only the replies already there and leaves the rest, with the
+acks behind them, for the next turn; before an idle wait it reads them all.
 
 A reply that is an error (``NOSCRIPT`` on a master that never ran the script, ``READONLY``
 or ``NOREPLICAS`` during a failover), or a connection lost with replies unread, makes the
@@ -43,11 +46,13 @@ MAX_UNCONFIRMED = 256
 
 @dataclass(frozen=True, slots=True)
 class ResultWrite:
-    """One call of the store script: the result's key, its encoded meta, its expiry."""
+    """One call of the store script: the result's key, its encoded meta, its expiry, and
+    its place in the order this process sent its writes."""
 
     key: str | bytes
     value: str
     expires_seconds: int
+    number: int
 
 
 class ResultWrites:
@@ -61,6 +66,8 @@ class ResultWrites:
         self._sent: list[ResultWrite] = []
         #: Writes whose reply was an error, or that no reply came for, not yet redone.
         self._unstored: list[ResultWrite] = []
+        #: The number the next write sent gets.
+        self._next_number = 0
 
     def send_on_this_thread(self) -> None:
         self._owner = threading.get_ident()
@@ -69,9 +76,25 @@ class ResultWrites:
     def unconfirmed(self) -> int:
         return len(self._sent) + len(self._unstored)
 
-    def send(self, backend: Any, script_sha: str, write: ResultWrite) -> bool:
-        """Write ``write`` without reading its reply; False when the caller must store it
-        itself (another thread, this off, or the connection failed while sending)."""
+    def mark(self) -> int:
+        """A mark for something that must wait for every write sent until now (an ack):
+        it may go once :meth:`settled_below` reaches it."""
+        return self._next_number
+
+    def settled_below(self) -> int:
+        """Every write numbered below this is stored (or refused for good)."""
+        oldest = self._next_number
+        if self._sent:
+            oldest = self._sent[0].number
+        if self._unstored:
+            oldest = min(oldest, min(write.number for write in self._unstored))
+        return oldest
+
+    def send(self, backend: Any, script_sha: str, key: str | bytes, value: str,
+             expires_seconds: int) -> bool:
+        """Write the result ``value`` under ``key`` without reading the reply; False when the
+        caller must store it itself (another thread, this off, or the connection failed
+        while sending)."""
         if threading.get_ident() != self._owner:
             return False
         if self._backend is not backend:
@@ -85,8 +108,7 @@ class ResultWrites:
         if connection is None:
             connection = self._connection = backend.client.connection_pool.get_connection()
         try:
-            connection.send_command("EVALSHA", script_sha, 1, write.key, write.value,
-                                    write.expires_seconds)
+            connection.send_command("EVALSHA", script_sha, 1, key, value, expires_seconds)
         except Exception as error:
             # Nothing of this write is known to have gone; the ones before it are redone at
             # the next confirmation, since their replies are lost with the connection.
@@ -95,21 +117,26 @@ class ResultWrites:
             self._sent = []
             self._drop_connection()
             return False
-        self._sent.append(write)
+        self._sent.append(ResultWrite(key, value, expires_seconds, self._next_number))
+        self._next_number += 1
         return True
 
-    def confirm(self) -> bool:
-        """Read the replies of every write sent, and redo the ones that did not land.
+    def confirm(self, *, wait: bool = True) -> bool:
+        """Read the replies of the writes sent, and redo the ones that did not land.
 
         True when every result sent so far is stored (or was refused for good: see
         :meth:`_redo`); False when some could not be stored yet (they are kept and redone at
-        the next call). A write leaves the books only once its reply was read.
+        the next call). A write leaves the books only once its reply was read. Without
+        ``wait``, only the replies already there are read: what is settled then is what
+        :meth:`settled_below` tells.
         """
         if not self._sent and not self._unstored:
             return True
         connection = self._connection
         while self._sent:
             try:
+                if not wait and not connection.can_read(timeout=0):
+                    break
                 connection.read_response()
             except redis.ResponseError:
                 # An error reply (NOSCRIPT, READONLY...): read whole, the next reply is the
@@ -127,7 +154,7 @@ class ResultWrites:
                     raise
                 break
             self._sent.pop(0)
-        return self._redo()
+        return self._redo() and not self._sent
 
     def _redo(self) -> bool:
         """Store the writes whose reply was not a success, the usual way (redis-py's script
@@ -181,7 +208,6 @@ class ResultWrites:
         self._unstored = []
 
 
-
 PENDING = ResultWrites()
 
 
@@ -191,11 +217,21 @@ def enable() -> None:
     PENDING.send_on_this_thread()
 
 
-def confirm() -> bool:
+def confirm(*, wait: bool = True) -> bool:
     """Every result sent so far is stored (see :meth:`ResultWrites.confirm`)."""
     if threading.get_ident() != PENDING._owner:
         return True
-    return PENDING.confirm()
+    return PENDING.confirm(wait=wait)
+
+
+def mark() -> int:
+    """What an ack taken now must wait for (see :meth:`ResultWrites.mark`)."""
+    return PENDING.mark()
+
+
+def settled_below() -> int:
+    """Acks whose mark is at most this may go (see :meth:`ResultWrites.settled_below`)."""
+    return PENDING.settled_below()
 
 
 os.register_at_fork(after_in_child=PENDING.forget)

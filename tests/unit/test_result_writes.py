@@ -1,8 +1,10 @@
-"""Results sent without waiting, against a real redis-server: stored once confirmed, whatever
-happened to the first attempt, and reported as not stored while they cannot be.
+"""Results and ack removals sent without waiting, against real redis-servers: stored once
+confirmed, whatever happened to the first attempt, reported as not stored while they cannot
+be, and never an ack removed before the results sent ahead of it.
 
 Each test stores through the platform's result backend on a thread of its own, the way the
-solo pool's consumer loop does (the thread that turned sending on).
+solo pool's consumer loop does (the thread that turned sending on); the acks go through the
+platform's broker QoS (``broker_transport.FailoverTolerantQoS``).
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def test_acks_wait_for_the_results_sent_before_them(redis_url: str,
             second_redis.config_set("min-replicas-to-write", 1)
             try:
                 backend.store_result("t-21", 21, "SUCCESS")
-                qos._pending_acks.append("tag-1")
+                qos.defer_ack("tag-1")
                 qos.flush_acks()
                 held = bool(broker.hexists(qos.unacked_key, "tag-1"))
             finally:
@@ -196,3 +198,106 @@ def test_acks_wait_for_the_results_sent_before_them(redis_url: str,
     finally:
         app.close()
         second_redis.close()
+
+
+@pytest.fixture
+def broker_app(redis_url: str, another_redis_url: str) -> Iterator[Any]:
+    """An app whose broker is on one server and whose results are on another."""
+    redis.Redis.from_url(redis_url).flushall()
+    app = create_app(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url}))
+    app.conf.result_backend = another_redis_url.rsplit("/", 1)[0] + "/1"
+    app.backend.retry_policy = {"max_retries": 0, "interval_start": 0, "interval_step": 0,
+                                "interval_max": 0}
+    yield app
+    app.close()
+
+
+def _unacked(broker: redis.Redis, qos: Any, tag: str) -> None:
+    broker.hset(qos.unacked_key, tag, '[{}, "", "default"]')
+    broker.zadd(qos.unacked_index_key, {tag: 1.0})
+
+
+def _recorded(broker: redis.Redis, qos: Any, tag: str) -> bool:
+    return bool(broker.hexists(qos.unacked_key, tag) or broker.zscore(qos.unacked_index_key,
+                                                                        tag))
+
+
+def test_a_flush_that_does_not_wait_holds_the_acks_of_unanswered_results(
+    broker_app: Any, redis_url: str, another_redis_url: str
+) -> None:
+    broker = redis.Redis.from_url(redis_url)
+    results_admin = redis.Redis.from_url(another_redis_url)
+    backend = broker_app.backend
+
+    def work() -> tuple[bool, bool, bool, str]:
+        with broker_app.connection_for_read() as connection:
+            qos = connection.default_channel.qos
+            _unacked(broker, qos, "tag-30")
+            backend.store_result("t-29", 29, "SUCCESS")
+            assert result_writes.confirm()  # the script is loaded on the results' server
+            # The results' server takes the write but runs it only once unpaused: no reply.
+            results_admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            try:
+                backend.store_result("t-30", 30, "SUCCESS")
+                qos.defer_ack("tag-30")
+                qos.flush_acks(wait=False)  # returns with the result's reply not there
+                held = _recorded(broker, qos, "tag-30")
+            finally:
+                results_admin.execute_command("CLIENT", "UNPAUSE")
+            qos.flush_acks(wait=True)
+            return (held, _recorded(broker, qos, "tag-30"),
+                    result_writes.PENDING.unconfirmed == 0, status(backend, "t-30"))
+
+    assert on_sending_thread(work) == (True, False, True, "SUCCESS")
+
+
+def test_an_ack_removal_the_broker_refused_is_sent_again(
+    broker_app: Any, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = redis.Redis.from_url(redis_url)
+
+    def work() -> tuple[int, bool, bool]:
+        with broker_app.connection_for_read() as connection:
+            qos = connection.default_channel.qos
+            _unacked(broker, qos, "tag-40")
+            broker.config_set("min-replicas-to-write", 1)  # every write: NOREPLICAS
+            try:
+                qos.defer_ack("tag-40")
+                qos.flush_acks(wait=False)  # the removal goes; its refusal is not read
+                in_flight = qos._ack_writes.in_flight
+                refused_then = _recorded(broker, qos, "tag-40")
+            finally:
+                broker.config_set("min-replicas-to-write", 0)
+            qos.flush_acks(wait=True)  # reads the refusal, sends the removal again
+            return in_flight, refused_then, _recorded(broker, qos, "tag-40")
+
+    with caplog.at_level("WARNING", logger="platform_tasks.broker_transport"):
+        assert on_sending_thread(work) == (1, True, False)
+    assert any("could not remove 1 acknowledged" in record.getMessage()
+               for record in caplog.records)
+
+
+def test_ack_removals_lost_with_their_connection_are_sent_again(
+    broker_app: Any, redis_url: str
+) -> None:
+    broker = redis.Redis.from_url(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+
+    def work() -> tuple[bool, bool]:
+        with broker_app.connection_for_read() as connection:
+            qos = connection.default_channel.qos
+            _unacked(broker, qos, "tag-50")
+            # The removal waits unrun while paused; then every other connection goes, the
+            # removal's with it, unrun and unanswered.
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            try:
+                qos.defer_ack("tag-50")
+                qos.flush_acks(wait=False)
+                admin.client_kill_filter(_type="normal", skipme=True)
+            finally:
+                admin.execute_command("CLIENT", "UNPAUSE")
+            recorded_then = _recorded(broker, qos, "tag-50")
+            qos.flush_acks(wait=True)
+            return recorded_then, _recorded(broker, qos, "tag-50")
+
+    assert on_sending_thread(work) == (True, False)
