@@ -50,8 +50,10 @@ class AckWrites:
         if connection is None:
             connection = self._connection = pool.get_connection()
         try:
+            # No health-check PING ahead of it: its reply would be read as the first
+            # unanswered removal's, putting every later reply out of step.
             connection.send_packed_command(connection.pack_commands(
-                [("ZREM", index_key, *tags), ("HDEL", hash_key, *tags)]))
+                [("ZREM", index_key, *tags), ("HDEL", hash_key, *tags)]), check_health=False)
         except BaseException:
             self._failed.extend(self._lost())
             raise
@@ -69,6 +71,10 @@ class AckWrites:
             return failed + self._lost()
         while self._in_flight:
             try:
+                if connection._sock is None:
+                    # Dropped under us (redis-py disconnects on errors): can_read would
+                    # reconnect and wait on a socket that owes nothing.
+                    raise redis.ConnectionError("the acks' connection was closed")
                 if not wait and not connection.can_read(timeout=0):
                     break
                 refused = False
@@ -80,6 +86,7 @@ class AckWrites:
             except BaseException as error:
                 failed.extend(self._lost())
                 if not isinstance(error, Exception):
+                    self._failed.extend(failed)  # given back by the next read
                     raise
                 break
             tags = self._in_flight.pop(0)

@@ -136,6 +136,12 @@ class FailoverTolerantQoS(kombu_redis.QoS):
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._restored: set[str] = set()
         self._heartbeat: VisibilityHeartbeat | None = None
+        #: Acks whose records are still to be removed, each with its result-writes mark
+        #: (:func:`platform_tasks.result_writes.mark`). Thread pools ack from their own
+        #: threads while the loop's thread takes from the list: hence the lock.
+        self._pending_acks: list[tuple[str, int]] = []
+        self._pending_lock = threading.Lock()
+        self._ack_writes = AckWrites()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if self._heartbeat is None:
@@ -170,21 +176,25 @@ class FailoverTolerantQoS(kombu_redis.QoS):
     def defer_ack(self, delivery_tag: str) -> None:
         """Remove ``delivery_tag``'s record at a flush, once the results this process sent
         before now are stored."""
-        self._pending_acks.append((delivery_tag, result_writes.mark()))
+        mark = result_writes.mark()
+        with self._pending_lock:
+            self._pending_acks.append((delivery_tag, mark))
 
-    @property
-    def _pending_acks(self) -> list[tuple[str, int]]:
-        pending: list[tuple[str, int]] | None = self.__dict__.get("_pending_ack_tags")
-        if pending is None:
-            pending = self.__dict__["_pending_ack_tags"] = []
-        return pending
+    def _take_settled_acks(self) -> list[str]:
+        """The pending acks whose results (and all results sent before them) are stored,
+        taken off the list; the others stay, in their order."""
+        settled = result_writes.settled_below()
+        with self._pending_lock:
+            pending = self._pending_acks
+            ready = [tag for tag, mark in pending if mark <= settled]
+            if ready:
+                self._pending_acks = [item for item in pending if item[1] > settled]
+        return ready
 
-    @property
-    def _ack_writes(self) -> AckWrites:
-        writes: AckWrites | None = self.__dict__.get("_ack_writes_sent")
-        if writes is None:
-            writes = self.__dict__["_ack_writes_sent"] = AckWrites()
-        return writes
+    def _pend_again(self, tags: list[str]) -> None:
+        # Their results are stored: they wait for nothing but the next flush.
+        with self._pending_lock:
+            self._pending_acks.extend((tag, 0) for tag in tags)
 
     def flush_acks(self, *, wait: bool = True) -> None:
         """Remove the records of the messages acknowledged since the last flush whose
@@ -206,39 +216,36 @@ class FailoverTolerantQoS(kombu_redis.QoS):
     def close_ack_writes(self) -> None:
         """Give the removals' connection back; what it still carried stays pending (as
         any ack a closing channel could not flush)."""
-        writes: AckWrites | None = self.__dict__.get("_ack_writes_sent")
-        if writes is not None:
-            self._requeue_acks(writes.close())
+        self._requeue_acks(self._ack_writes.close())
 
     def _requeue_acks(self, tags: list[str]) -> None:
         if tags:
-            # Their results are stored: they wait for nothing but the next flush.
-            self._pending_acks.extend((tag, 0) for tag in tags)
+            self._pend_again(tags)
             logger.warning("could not remove %d acknowledged messages' records yet; "
                            "trying again next turn", len(tags))
 
     def _send_acks(self, *, wait: bool) -> None:
         self._requeue_acks(self._ack_writes.read(wait=wait))
-        pending = self._pending_acks
-        if not pending:
+        tags = self._take_settled_acks()
+        if not tags:
             return
-        settled = result_writes.settled_below()
-        if pending[-1][1] <= settled:
-            tags = [tag for tag, _ in pending]
-            self.__dict__["_pending_ack_tags"] = []
-        else:
-            tags = [tag for tag, mark in pending if mark <= settled]
-            if not tags:
-                return  # tried again next turn
-            self.__dict__["_pending_ack_tags"] = [item for item in pending
-                                                  if item[1] > settled]
+        channel: Any = self.channel
         try:
-            with self.channel.conn_or_acquire() as client:
-                self._ack_writes.send(client, self.unacked_index_key, self.unacked_key, tags)
-        except Exception as error:
+            with channel.conn_or_acquire() as client:
+                if channel.global_keyprefix:
+                    # kombu's prefixing client adds the prefix to these; the raw removals
+                    # would miss the prefixed keys.
+                    client.pipeline().zrem(self.unacked_index_key, *tags).hdel(
+                        self.unacked_key, *tags).execute()
+                else:
+                    self._ack_writes.send(client, self.unacked_index_key, self.unacked_key,
+                                          tags)
+        except BaseException as error:
             # Tried again next turn; meanwhile the records are refreshed by nobody, so a long
             # outage lets the sweep requeue them (a duplicate run, never a loss).
-            self._pending_acks.extend((tag, 0) for tag in tags)
+            self._pend_again(tags)
+            if not isinstance(error, Exception):
+                raise
             logger.warning("could not remove %d acknowledged messages' records yet: %s",
                            len(tags), error)
 

@@ -108,7 +108,10 @@ class ResultWrites:
         if connection is None:
             connection = self._connection = backend.client.connection_pool.get_connection()
         try:
-            connection.send_command("EVALSHA", script_sha, 1, key, value, expires_seconds)
+            # No health-check PING ahead of it: its reply would be read as an unanswered
+            # write's.
+            connection.send_command("EVALSHA", script_sha, 1, key, value, expires_seconds,
+                                    check_health=False)
         except Exception as error:
             # Nothing of this write is known to have gone; the ones before it are redone at
             # the next confirmation, since their replies are lost with the connection.
@@ -135,6 +138,9 @@ class ResultWrites:
         connection = self._connection
         while self._sent:
             try:
+                if connection._sock is None:
+                    # Dropped under us: can_read would reconnect, and no reply would come.
+                    raise redis.ConnectionError("the results' connection was closed")
                 if not wait and not connection.can_read(timeout=0):
                     break
                 connection.read_response()

@@ -10,6 +10,7 @@ platform's broker QoS (``broker_transport.FailoverTolerantQoS``).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -301,3 +302,69 @@ def test_ack_removals_lost_with_their_connection_are_sent_again(
             return recorded_then, _recorded(broker, qos, "tag-50")
 
     assert on_sending_thread(work) == (True, False)
+
+
+def test_an_ack_held_behind_an_unanswered_result_stays_held_when_a_retried_removal_goes(
+    broker_app: Any, redis_url: str, another_redis_url: str
+) -> None:
+    """A removal sent again queues behind the held acks: it must not carry them with it."""
+    broker = redis.Redis.from_url(redis_url)
+    results_admin = redis.Redis.from_url(another_redis_url)
+    backend = broker_app.backend
+
+    def work() -> tuple[bool, bool, bool, bool]:
+        with broker_app.connection_for_read() as connection:
+            qos = connection.default_channel.qos
+            _unacked(broker, qos, "tag-held")
+            _unacked(broker, qos, "tag-retried")
+            backend.store_result("t-60", 60, "SUCCESS")
+            assert result_writes.confirm()
+            broker.config_set("min-replicas-to-write", 1)
+            try:
+                qos.defer_ack("tag-retried")
+                qos.flush_acks(wait=False)  # its removal goes and is refused, unread
+            finally:
+                broker.config_set("min-replicas-to-write", 0)
+            results_admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            try:
+                backend.store_result("t-61", 61, "SUCCESS")  # no reply while paused
+                qos.defer_ack("tag-held")
+                time.sleep(0.05)  # the refusal's reply arrives
+                qos.flush_acks(wait=False)  # the refused removal goes again, alone
+                held = _recorded(broker, qos, "tag-held")
+            finally:
+                results_admin.execute_command("CLIENT", "UNPAUSE")
+            qos.flush_acks(wait=True)
+            return (held, _recorded(broker, qos, "tag-held"),
+                    _recorded(broker, qos, "tag-retried"), status(backend, "t-61") == "SUCCESS")
+
+    assert on_sending_thread(work) == (True, False, False, True)
+
+
+def test_ack_removals_stay_in_step_with_no_health_check_between_them(redis_url: str) -> None:
+    """redis-py PINGs a connection idle past its health-check interval before a command;
+    a PING sent behind unanswered removals would take their reply as its own."""
+    from platform_tasks.ack_writes import AckWrites
+
+    admin = redis.Redis.from_url(redis_url)
+    admin.flushall()
+    client = redis.Redis.from_url(redis_url, health_check_interval=1, socket_timeout=3)
+    for tag in ("a", "b"):
+        admin.hset("unacked", tag, "{}")
+        admin.zadd("unacked_index", {tag: 1.0})
+    writes = AckWrites()
+    admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        writes.send(client, "unacked_index", "unacked", ["a"])  # run only once unpaused
+        time.sleep(1.2)  # past the health-check interval, with no reply read
+        writes.send(client, "unacked_index", "unacked", ["b"])
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    failed = writes.read(wait=True)
+    writes.close()
+
+    assert failed == []
+    assert writes.in_flight == 0
+    assert admin.hlen("unacked") == 0
+    assert admin.zcard("unacked_index") == 0
+    client.close()
