@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -53,6 +54,16 @@ def on_sending_thread(work: Callable[[], Any]) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+@contextmanager
+def writes_paused(server: redis.Redis) -> Iterator[None]:
+    """Writes to ``server`` are taken but run only when this ends: no reply meanwhile."""
+    server.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        yield
+    finally:
+        server.execute_command("CLIENT", "UNPAUSE")
 
 
 def status(backend: Any, task_id: str) -> str:
@@ -218,6 +229,19 @@ def _unacked(broker: redis.Redis, qos: Any, tag: str) -> None:
     broker.zadd(qos.unacked_index_key, {tag: 1.0})
 
 
+@contextmanager
+def recording_qos(app: Any, broker: redis.Redis, *tags: str) -> Iterator[Any]:
+    """The broker QoS of ``app``, with ``tags`` recorded as taken and the store script
+    already loaded on the results' server."""
+    with app.connection_for_read() as connection:
+        qos = connection.default_channel.qos
+        for tag in tags:
+            _unacked(broker, qos, tag)
+        app.backend.store_result("t-load", 0, "SUCCESS")
+        assert result_writes.confirm()
+        yield qos
+
+
 def _recorded(broker: redis.Redis, qos: Any, tag: str) -> bool:
     return bool(broker.hexists(qos.unacked_key, tag) or broker.zscore(qos.unacked_index_key,
                                                                         tag))
@@ -231,20 +255,13 @@ def test_a_flush_that_does_not_wait_holds_the_acks_of_unanswered_results(
     backend = broker_app.backend
 
     def work() -> tuple[bool, bool, bool, str]:
-        with broker_app.connection_for_read() as connection:
-            qos = connection.default_channel.qos
-            _unacked(broker, qos, "tag-30")
-            backend.store_result("t-29", 29, "SUCCESS")
-            assert result_writes.confirm()  # the script is loaded on the results' server
+        with recording_qos(broker_app, broker, "tag-30") as qos:
             # The results' server takes the write but runs it only once unpaused: no reply.
-            results_admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-            try:
+            with writes_paused(results_admin):
                 backend.store_result("t-30", 30, "SUCCESS")
                 qos.defer_ack("tag-30")
                 qos.flush_acks(wait=False)  # returns with the result's reply not there
                 held = _recorded(broker, qos, "tag-30")
-            finally:
-                results_admin.execute_command("CLIENT", "UNPAUSE")
             qos.flush_acks(wait=True)
             return (held, _recorded(broker, qos, "tag-30"),
                     result_writes.PENDING.unconfirmed == 0, status(backend, "t-30"))
@@ -290,13 +307,10 @@ def test_ack_removals_lost_with_their_connection_are_sent_again(
             _unacked(broker, qos, "tag-50")
             # The removal waits unrun while paused; then every other connection goes, the
             # removal's with it, unrun and unanswered.
-            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-            try:
+            with writes_paused(admin):
                 qos.defer_ack("tag-50")
                 qos.flush_acks(wait=False)
                 admin.client_kill_filter(_type="normal", skipme=True)
-            finally:
-                admin.execute_command("CLIENT", "UNPAUSE")
             recorded_then = _recorded(broker, qos, "tag-50")
             qos.flush_acks(wait=True)
             return recorded_then, _recorded(broker, qos, "tag-50")
@@ -313,27 +327,19 @@ def test_an_ack_held_behind_an_unanswered_result_stays_held_when_a_retried_remov
     backend = broker_app.backend
 
     def work() -> tuple[bool, bool, bool, bool]:
-        with broker_app.connection_for_read() as connection:
-            qos = connection.default_channel.qos
-            _unacked(broker, qos, "tag-held")
-            _unacked(broker, qos, "tag-retried")
-            backend.store_result("t-60", 60, "SUCCESS")
-            assert result_writes.confirm()
+        with recording_qos(broker_app, broker, "tag-held", "tag-retried") as qos:
             broker.config_set("min-replicas-to-write", 1)
             try:
                 qos.defer_ack("tag-retried")
                 qos.flush_acks(wait=False)  # its removal goes and is refused, unread
             finally:
                 broker.config_set("min-replicas-to-write", 0)
-            results_admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-            try:
+            with writes_paused(results_admin):
                 backend.store_result("t-61", 61, "SUCCESS")  # no reply while paused
                 qos.defer_ack("tag-held")
                 time.sleep(0.05)  # the refusal's reply arrives
                 qos.flush_acks(wait=False)  # the refused removal goes again, alone
                 held = _recorded(broker, qos, "tag-held")
-            finally:
-                results_admin.execute_command("CLIENT", "UNPAUSE")
             qos.flush_acks(wait=True)
             return (held, _recorded(broker, qos, "tag-held"),
                     _recorded(broker, qos, "tag-retried"), status(backend, "t-61") == "SUCCESS")
@@ -353,13 +359,10 @@ def test_ack_removals_stay_in_step_with_no_health_check_between_them(redis_url: 
         admin.hset("unacked", tag, "{}")
         admin.zadd("unacked_index", {tag: 1.0})
     writes = AckWrites()
-    admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-    try:
+    with writes_paused(admin):
         writes.send(client, "unacked_index", "unacked", ["a"])  # run only once unpaused
         time.sleep(1.2)  # past the health-check interval, with no reply read
         writes.send(client, "unacked_index", "unacked", ["b"])
-    finally:
-        admin.execute_command("CLIENT", "UNPAUSE")
     failed = writes.read(wait=True)
     writes.close()
 
