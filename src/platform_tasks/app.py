@@ -204,6 +204,11 @@ def create_app(settings: Settings, *, include_tasks: bool = True) -> PlatformCel
         result_expires=settings.result_expires_seconds,
         result_backend_always_retry=True,
         result_backend_max_retries=20,
+        # The result backend reads its socket settings from these, not from its transport
+        # options: without them a reply that never comes holds a worker for Celery's 120 s.
+        redis_socket_timeout=settings.redis_socket_timeout,
+        redis_socket_connect_timeout=settings.redis_socket_timeout,
+        redis_socket_keepalive=True,
         # No task events nobody consumes: on only where Flower or celery-exporter reads them.
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,

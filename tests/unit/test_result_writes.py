@@ -371,3 +371,32 @@ def test_ack_removals_stay_in_step_with_no_health_check_between_them(redis_url: 
     assert admin.hlen("unacked") == 0
     assert admin.zcard("unacked_index") == 0
     client.close()
+
+
+def test_a_result_server_that_does_not_answer_holds_the_loop_only_for_the_socket_timeout(
+    redis_url: str,
+) -> None:
+    """The results' connections time out after PLATFORM_TASKS_REDIS_SOCKET_TIMEOUT, not
+    Celery's 120 s: the writes are kept for the next turn, then land."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.flushall()
+    app = create_app(load_settings({"PLATFORM_TASKS_REDIS_URL": redis_url,
+                                    "PLATFORM_TASKS_REDIS_SOCKET_TIMEOUT": "1"}))
+    backend = app.backend
+    backend.retry_policy = {"max_retries": 0, "interval_start": 0, "interval_step": 0,
+                            "interval_max": 0}
+
+    def work() -> tuple[bool, bool, str]:
+        backend.store_result("t-70", 0, "SUCCESS")
+        assert result_writes.confirm()
+        # Paused for longer than the test could wait: a confirmation that returns at all
+        # while paused returned because the socket timed out.
+        with writes_paused(admin):
+            backend.store_result("t-71", 71, "SUCCESS")
+            while_paused = result_writes.confirm()
+        return while_paused, result_writes.confirm(), status(backend, "t-71")
+
+    try:
+        assert on_sending_thread(work) == (False, True, "SUCCESS")
+    finally:
+        app.close()
