@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
+from platform_tasks import unanswered
 
 
 class AckWrites:
@@ -50,10 +50,7 @@ class AckWrites:
         if connection is None:
             connection = self._connection = pool.get_connection()
         try:
-            # No health-check PING ahead of it: its reply would be read as the first
-            # unanswered removal's, putting every later reply out of step.
-            connection.send_packed_command(connection.pack_commands(
-                [("ZREM", index_key, *tags), ("HDEL", hash_key, *tags)]), check_health=False)
+            unanswered.send(connection, [("ZREM", index_key, *tags), ("HDEL", hash_key, *tags)])
         except BaseException:
             self._failed.extend(self._lost())
             raise
@@ -69,29 +66,17 @@ class AckWrites:
         connection = self._connection
         if connection is None:
             return failed + self._lost()
-        while self._in_flight:
-            try:
-                if connection._sock is None:
-                    # Dropped under us (redis-py disconnects on errors): can_read would
-                    # reconnect and wait on a socket that owes nothing.
-                    raise redis.ConnectionError("the acks' connection was closed")
-                if not wait and not connection.can_read(timeout=0):
-                    break
-                refused = False
-                for _ in range(2):  # ZREM's reply, then HDEL's
-                    try:
-                        connection.read_response()
-                    except redis.ResponseError:
-                        refused = True
-            except BaseException as error:
-                failed.extend(self._lost())
-                if not isinstance(error, Exception):
-                    self._failed.extend(failed)  # given back by the next read
-                    raise
-                break
-            tags = self._in_flight.pop(0)
-            if refused:
-                failed.extend(tags)
+        try:
+            # Two replies per removal: ZREM's, then HDEL's.
+            for refused in unanswered.answers(connection, len(self._in_flight), 2, wait=wait):
+                tags = self._in_flight.pop(0)
+                if refused:
+                    failed.extend(tags)
+        except BaseException as error:
+            failed.extend(self._lost())
+            if not isinstance(error, Exception):
+                self._failed.extend(failed)  # given back by the next read
+                raise
         return failed
 
     def close(self) -> list[str]:

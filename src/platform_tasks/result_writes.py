@@ -36,6 +36,7 @@ from typing import Any
 import redis
 from kombu.utils.encoding import bytes_to_str
 
+from platform_tasks import unanswered
 from platform_tasks.redis_errors import is_transient_reply
 
 logger = logging.getLogger(__name__)
@@ -108,10 +109,8 @@ class ResultWrites:
         if connection is None:
             connection = self._connection = backend.client.connection_pool.get_connection()
         try:
-            # No health-check PING ahead of it: its reply would be read as an unanswered
-            # write's.
-            connection.send_command("EVALSHA", script_sha, 1, key, value, expires_seconds,
-                                    check_health=False)
+            unanswered.send(connection,
+                            [("EVALSHA", script_sha, 1, key, value, expires_seconds)])
         except Exception as error:
             # Nothing of this write is known to have gone; the ones before it are redone at
             # the next confirmation, since their replies are lost with the connection.
@@ -135,31 +134,20 @@ class ResultWrites:
         """
         if not self._sent and not self._unstored:
             return True
-        connection = self._connection
-        while self._sent:
-            try:
-                if connection._sock is None:
-                    # Dropped under us: can_read would reconnect, and no reply would come.
-                    raise redis.ConnectionError("the results' connection was closed")
-                if not wait and not connection.can_read(timeout=0):
-                    break
-                connection.read_response()
-            except redis.ResponseError:
-                # An error reply (NOSCRIPT, READONLY...): read whole, the next reply is the
-                # next write's.
-                self._unstored.append(self._sent.pop(0))
-                continue
-            except BaseException as error:
-                # Anything else (a lost connection, a protocol error, a time-limit signal in
-                # the middle of a read) leaves the replies out of step: every write not yet
-                # confirmed is redone, on a new connection.
-                self._unstored.extend(self._sent)
-                self._sent = []
-                self._drop_connection()
-                if not isinstance(error, Exception):
-                    raise
-                break
-            self._sent.pop(0)
+        try:
+            for refused in unanswered.answers(self._connection, len(self._sent), 1,
+                                              wait=wait):
+                write = self._sent.pop(0)
+                if refused:  # NOSCRIPT, READONLY...: redone the usual way below
+                    self._unstored.append(write)
+        except BaseException as error:
+            # The replies are out of step: every write not yet confirmed is redone, on a
+            # new connection.
+            self._unstored.extend(self._sent)
+            self._sent = []
+            self._drop_connection()
+            if not isinstance(error, Exception):
+                raise
         return self._redo() and not self._sent
 
     def _redo(self) -> bool:
