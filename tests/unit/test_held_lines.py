@@ -148,3 +148,13 @@ def test_a_line_for_another_descriptor_sends_the_held_ones_first() -> None:
     assert held.take(3, b"a\n", hold=True) == []
     assert held.take(4, b"b\n", hold=True) == [b"a\n"]
     assert held.take_all() == (4, [b"b\n"])
+
+
+def test_a_line_not_held_goes_out_with_what_was_held_then_alone() -> None:
+    held = HeldLines()
+    held.hold_on_this_thread()
+    assert held.take(3, b"a\n", hold=True) == []
+    assert held.take(3, b"b\n", hold=True) == []
+    assert held.take(3, b"c\n", hold=False) == [b"a\nb\nc\n"]
+    assert held.take(3, b"d\n", hold=False) == [b"d\n"]
+    assert held.take_all() == (3, [])

@@ -183,3 +183,48 @@ def test_identity_reaches_stdlib_records_yields_to_code_and_stays_in_its_thread(
     assert bound_over["task_id"] == "a-1"
     assert sorted((line["mine"], line["task_id"]) for line in threaded) == [
         ("b-1", "b-1"), ("b-2", "b-2")]
+
+
+IDENTITY_PROGRAM = textwrap.dedent(
+    """
+    import random
+    import sys
+
+    from platform_tasks.observability.logging import (
+        configure_logging, encode_fields, untouched_id_test)
+    from platform_tasks.observability.task_context import encode_identity
+    from platform_tasks.settings import load_settings
+
+    ids = ["12345678-1234-1234-1234-123456789012", "deadbeef-dead-beef-dead-beefdeadbeef",
+           "0F0F0F0F-1111-2222-3333-44445555666G", "t-1", "order for ann@example.com",
+           "redis://app:pa55word@h:6379/0", "quote \\" and \\\\", None, "", 7]
+    names = ["platform_tasks.default.add_numbers", "tab\\there", "ann@example.com", None]
+    chooser = random.Random(20261207)
+    configure_logging(load_settings(), process="worker")
+    print("ids spliced" if untouched_id_test() else "ids encoded", flush=True)
+    for _ in range(4000):
+        task_id = chooser.choice(ids)
+        fields = {"task_id": task_id, "task_name": chooser.choice(names),
+                  "queue": chooser.choice(["default", "pa55word", None]),
+                  "retries": chooser.choice([0, 3]), "worker": chooser.choice(names),
+                  "correlation_id": chooser.choice(ids), "parent_id": chooser.choice(ids),
+                  "root_id": chooser.choice([task_id, *ids])}
+        before = dict(fields)
+        fast = encode_identity(fields)
+        assert fields == before, "encode_identity consumed its fields"
+        assert fast == encode_fields(dict(fields)), (fields, fast)
+    print("checked", flush=True)
+    """
+)
+
+
+def test_encoded_identity_is_what_the_general_encoding_makes() -> None:
+    # Secrets configured as the deployments have them; the second run adds one that could
+    # hide inside a UUID, so ids take the general way there.
+    for extra, way in (({}, "ids spliced"),
+                       ({"PLATFORM_TASKS_SMTP_PASSWORD": "dead-beef"}, "ids encoded")):
+        env = {**ENV, "PLATFORM_TASKS_REDIS_PASSWORD": "pa55word", **extra}
+        done = subprocess.run([sys.executable, "-c", IDENTITY_PROGRAM], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [*way.split(), "checked"]

@@ -46,6 +46,20 @@ class HeldLines:
         """
         if threading.get_ident() != self._owner:
             return [data]
+        size = self._size + len(data)
+        if fd == self._fd and size <= ATOMIC_WRITE_BYTES:
+            # The usual case, written out: the line joins what is held, and goes out with it
+            # unless it is held too.
+            if hold:
+                self._chunks.append(data)
+                self._size = size
+                return []
+            chunks, self._chunks = self._chunks, []
+            self._size = 0
+            if not chunks:
+                return [data]
+            chunks.append(data)
+            return [b"".join(chunks)]
         out = self._drain() if fd != self._fd else []
         self._fd = fd
         if self._size + len(data) > ATOMIC_WRITE_BYTES:

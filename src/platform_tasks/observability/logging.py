@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
@@ -306,6 +306,8 @@ class _Pipeline:
     redactor: Redactor | None = None
     #: (key, value) -> the field as redacted and encoded on a line, for repeated values.
     fragments: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: Caller's key -> fields encoded once (:func:`encode_repeated`).
+    repeated: dict[tuple[Any, ...], str] = field(default_factory=dict)
 
 
 _pipeline: _Pipeline | None = None
@@ -348,6 +350,34 @@ def encode_fields(fields: dict[str, Any]) -> str | None:
     if plain is not None:
         return plain
     return _encode_flat(pipeline.redactor(None, "info", fields))[1:-1]
+
+
+def encode_repeated(key: tuple[Any, ...], fields: dict[str, Any]) -> str | None:
+    """What :func:`encode_fields` makes of ``fields``, remembered under ``key`` (which must
+    determine them) for as long as the pipeline lasts: for fields whose values repeat from
+    line to line, such as a task's name, queue and worker. ``fields`` is not consumed."""
+    pipeline = _pipeline
+    if pipeline is None or pipeline.redactor is None or pipeline.level > logging.INFO:
+        return None
+    encoded = pipeline.repeated.get(key)
+    if encoded is None:
+        encoded = encode_fields(dict(fields))
+        if encoded is None:
+            return None
+        if len(pipeline.repeated) >= _FRAGMENTS_KEPT:
+            pipeline.repeated.clear()
+        pipeline.repeated[key] = encoded
+    return encoded
+
+
+def untouched_id_test() -> Callable[[str], object] | None:
+    """A test true for a UUID the pipeline writes exactly as it is (in a field whose name is
+    not a secret's), for splicing ids into a line as they are; None when lines are not JSON
+    at INFO, or when a configured secret could hide inside a UUID."""
+    pipeline = _pipeline
+    if pipeline is None or pipeline.redactor is None or pipeline.level > logging.INFO:
+        return None
+    return pipeline.redactor.untouched_uuid_test()
 
 
 _UUID_LENGTH = 36
