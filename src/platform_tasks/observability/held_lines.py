@@ -52,7 +52,7 @@ class HeldLines:
             # unless it is held too.
             if hold:
                 self._chunks.append(data)
-                self._size = size
+                self._size += len(data)  # not ``size``: a handler may have held a line since
                 return []
             chunks, self._chunks = self._chunks, []
             self._size = 0

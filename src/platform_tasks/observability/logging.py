@@ -346,38 +346,62 @@ def encode_fields(fields: dict[str, Any]) -> str | None:
     pipeline = _pipeline
     if pipeline is None or pipeline.redactor is None or pipeline.level > logging.INFO:
         return None
-    plain = _encode_plain_fields(pipeline.redactor, pipeline.fragments, fields)
+    return _encode_for(pipeline, pipeline.redactor, fields)
+
+
+def _encode_for(pipeline: _Pipeline, redactor: Redactor, fields: dict[str, Any]) -> str:
+    plain = _encode_plain_fields(redactor, pipeline.fragments, fields)
     if plain is not None:
         return plain
-    return _encode_flat(pipeline.redactor(None, "info", fields))[1:-1]
+    return _encode_flat(redactor(None, "info", fields))[1:-1]
 
 
-def encode_repeated(key: tuple[Any, ...], fields: dict[str, Any]) -> str | None:
-    """What :func:`encode_fields` makes of ``fields``, remembered under ``key`` (which must
-    determine them) for as long as the pipeline lasts: for fields whose values repeat from
-    line to line, such as a task's name, queue and worker. ``fields`` is not consumed."""
-    pipeline = _pipeline
-    if pipeline is None or pipeline.redactor is None or pipeline.level > logging.INFO:
-        return None
-    encoded = pipeline.repeated.get(key)
-    if encoded is None:
-        encoded = encode_fields(dict(fields))
+class IdSplicing:
+    """How one JSON pipeline lets a caller splice ids into its lines as they are: its test for
+    a UUID it writes unchanged (in a field whose name is not a secret's), and the encodings
+    of fields that repeat from line to line, made once. Taken from :func:`id_splicing`, so
+    that both come from the same pipeline even if logging is configured again meanwhile."""
+
+    __slots__ = ("_pipeline", "_redactor", "is_uuid")
+
+    def __init__(self, pipeline: _Pipeline, redactor: Redactor,
+                 is_uuid: Callable[[str], object]) -> None:
+        self._pipeline = pipeline
+        self._redactor = redactor
+        self.is_uuid = is_uuid
+
+    def repeated(self, key: tuple[Any, ...], fields: dict[str, Any]) -> str:
+        """What :func:`encode_fields` makes of ``fields``, remembered under ``key``, which must
+        determine them, types included (``1`` and ``True`` are equal keys but encode apart).
+        ``fields`` is not consumed."""
+        remembered = self._pipeline.repeated
+        encoded = remembered.get(key)
         if encoded is None:
-            return None
-        if len(pipeline.repeated) >= _FRAGMENTS_KEPT:
-            pipeline.repeated.clear()
-        pipeline.repeated[key] = encoded
-    return encoded
+            encoded = _encode_for(self._pipeline, self._redactor, dict(fields))
+            if len(remembered) >= _FRAGMENTS_KEPT:
+                remembered.clear()
+            remembered[key] = encoded
+        return encoded
 
 
-def untouched_id_test() -> Callable[[str], object] | None:
-    """A test true for a UUID the pipeline writes exactly as it is (in a field whose name is
-    not a secret's), for splicing ids into a line as they are; None when lines are not JSON
-    at INFO, or when a configured secret could hide inside a UUID."""
+_id_splicing: IdSplicing | None = None
+
+
+def id_splicing() -> IdSplicing | None:
+    """The current pipeline's :class:`IdSplicing`; None when lines are not JSON at INFO, or
+    when a configured secret could hide inside a UUID (ids then take the general way)."""
+    global _id_splicing
     pipeline = _pipeline
     if pipeline is None or pipeline.redactor is None or pipeline.level > logging.INFO:
         return None
-    return pipeline.redactor.untouched_uuid_test()
+    splicing = _id_splicing
+    if splicing is not None and splicing._pipeline is pipeline:
+        return splicing
+    is_uuid = pipeline.redactor.untouched_uuid_test()
+    if is_uuid is None:
+        return None
+    splicing = _id_splicing = IdSplicing(pipeline, pipeline.redactor, is_uuid)
+    return splicing
 
 
 _UUID_LENGTH = 36

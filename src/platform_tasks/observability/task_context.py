@@ -23,8 +23,7 @@ from platform_tasks.observability.logging import (
     emit,
     emit_with_fields,
     encode_fields,
-    encode_repeated,
-    untouched_id_test,
+    id_splicing,
 )
 
 _LOGGER = "platform_tasks.task"
@@ -108,37 +107,40 @@ _UUID_LENGTH = 36
 
 def encode_identity(fields: dict[str, Any]) -> str | None:
     """``encode_fields`` of a task's identity (``fields``, from :func:`request_fields`; not
-    consumed), made the cheap way when its ids are UUIDs or None: they go on the line as they
-    are, and the fields that repeat from task to task (name, queue, retries, worker) are
-    encoded once. Encoding was the largest part of what a task's lifecycle lines cost."""
-    is_uuid = untouched_id_test()
-    if is_uuid is not None:
+    consumed), made the cheap way when its ids are UUIDs or None and the rest plain strings,
+    None and an int: the ids go on the line as they are, and the fields that repeat from task
+    to task (name, queue, retries, worker) are encoded once. Encoding was the largest part of
+    what a task's lifecycle lines cost."""
+    splicing = id_splicing()
+    if splicing is not None:
+        is_uuid = splicing.is_uuid
         task_id, root_id = fields["task_id"], fields["root_id"]
         correlation_id, parent_id = fields["correlation_id"], fields["parent_id"]
-        # Written out rather than a helper per id: this runs for every task.
+        task_name, queue = fields["task_name"], fields["queue"]
+        retries, worker = fields["retries"], fields["worker"]
+        # Written out rather than a helper per field: this runs for every task. The types are
+        # exact so that the repeated part's key determines its encoding.
         if (type(task_id) is str and len(task_id) == _UUID_LENGTH and is_uuid(task_id)
-                and (root_id == task_id or root_id is None or (
-                    type(root_id) is str and len(root_id) == _UUID_LENGTH
-                    and is_uuid(root_id)))
+                and (root_id is None or (type(root_id) is str and (root_id == task_id or (
+                    len(root_id) == _UUID_LENGTH and is_uuid(root_id)))))
                 and (correlation_id is None or (
                     type(correlation_id) is str and len(correlation_id) == _UUID_LENGTH
                     and is_uuid(correlation_id)))
                 and (parent_id is None or (
                     type(parent_id) is str and len(parent_id) == _UUID_LENGTH
-                    and is_uuid(parent_id)))):
-            task_name, queue = fields["task_name"], fields["queue"]
-            retries, worker = fields["retries"], fields["worker"]
-            repeated = encode_repeated(
+                    and is_uuid(parent_id)))
+                and type(retries) is int
+                and (task_name is None or type(task_name) is str)
+                and (queue is None or type(queue) is str)
+                and (worker is None or type(worker) is str)):
+            repeated = splicing.repeated(
                 (task_name, queue, retries, worker),
                 {"task_name": task_name, "queue": queue, "retries": retries, "worker": worker},
             )
-            if repeated is not None:
-                return ('"task_id": "' + task_id + '", ' + repeated + ', "correlation_id": '
-                        + ("null" if correlation_id is None else '"' + correlation_id + '"')
-                        + ', "parent_id": '
-                        + ("null" if parent_id is None else '"' + parent_id + '"')
-                        + ', "root_id": '
-                        + ("null" if root_id is None else '"' + root_id + '"'))
+            return ('"task_id": "' + task_id + '", ' + repeated + ', "correlation_id": '
+                    + ("null" if correlation_id is None else '"' + correlation_id + '"')
+                    + ', "parent_id": ' + ("null" if parent_id is None else '"' + parent_id + '"')
+                    + ', "root_id": ' + ("null" if root_id is None else '"' + root_id + '"'))
     return encode_fields(dict(fields))
 
 
