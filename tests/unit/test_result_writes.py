@@ -275,9 +275,7 @@ def test_an_ack_removal_the_broker_refused_is_sent_again(
     broker = redis.Redis.from_url(redis_url)
 
     def work() -> tuple[int, bool, bool]:
-        with broker_app.connection_for_read() as connection:
-            qos = connection.default_channel.qos
-            _unacked(broker, qos, "tag-40")
+        with recording_qos(broker_app, broker, "tag-40") as qos:
             broker.config_set("min-replicas-to-write", 1)  # every write: NOREPLICAS
             try:
                 qos.defer_ack("tag-40")
@@ -302,9 +300,7 @@ def test_ack_removals_lost_with_their_connection_are_sent_again(
     admin = redis.Redis.from_url(redis_url)
 
     def work() -> tuple[bool, bool]:
-        with broker_app.connection_for_read() as connection:
-            qos = connection.default_channel.qos
-            _unacked(broker, qos, "tag-50")
+        with recording_qos(broker_app, broker, "tag-50") as qos:
             # The removal waits unrun while paused; then every other connection goes, the
             # removal's with it, unrun and unanswered.
             with writes_paused(admin):

@@ -306,7 +306,7 @@ class _Pipeline:
     redactor: Redactor | None = None
     #: (key, value) -> the field as redacted and encoded on a line, for repeated values.
     fragments: dict[tuple[str, str], str] = field(default_factory=dict)
-    #: Caller's key -> fields encoded once (:func:`encode_repeated`).
+    #: Caller's key -> fields encoded once (:meth:`IdSplicing.repeated`).
     repeated: dict[tuple[Any, ...], str] = field(default_factory=dict)
 
 
