@@ -180,7 +180,7 @@ MAKE_THUMBNAIL = "platform_tasks.media.make_thumbnail"
 PROCESS_PAYMENT = "platform_tasks.payments.process_payment"
 
 
-class _TaskStartLog:
+class TaskStartLog:
     """The ``task_started`` lines of a platform worker's JSON log: task id -> start time.
 
     The shipped worker logs this line with a timestamp for every task, so the platform's
@@ -246,7 +246,7 @@ class PlatformSystem(System):
         )
         self.producer = TaskProducer(self.settings)
         self._queues: tuple[str, ...] = ("default",)
-        self._starts = _TaskStartLog()
+        self._starts = TaskStartLog()
         self._broker = self._master(self.settings.broker_db)
 
     def _master(self, db: int) -> redis.Redis:
@@ -261,7 +261,7 @@ class PlatformSystem(System):
             results.flushdb()
         self.expected = 0
         self._queues = ("default",)
-        self._starts = _TaskStartLog()
+        self._starts = TaskStartLog()
         self._broker.close()
         self._broker = self._master(self.settings.broker_db)
 
