@@ -102,24 +102,33 @@ def send_probes(producer: TaskProducer, count: int, spacing: float) -> list[Prob
     return probes
 
 
-def read_marks(directory: Path) -> list[tuple[int, str]]:
-    marks = []
+def read_marks(directory: Path) -> dict[str, list[tuple[int, str]]]:
+    """Each member's marks, by the file (one per process) they were written to, in order."""
+    marks: dict[str, list[tuple[int, str]]] = {}
     for path in directory.glob("marks-*.txt"):
+        member = marks.setdefault(path.name, [])
         for line in path.read_text().splitlines():
             name, stamp = line.split()
-            marks.append((int(stamp), name))
-    marks.sort()
+            member.append((int(stamp), name))
+        member.sort()
     return marks
 
 
-def split(probe: Probe, started_ns: int, marks: list[tuple[int, str]]) -> dict[str, int] | None:
-    """The probe's parts in ns; None when a member mark is missing (another probe's task
-    ran in between, which light load should never see)."""
+def split(probe: Probe, started_ns: int,
+          marks: dict[str, list[tuple[int, str]]]) -> dict[str, int] | None:
+    """The probe's parts in ns; None when a mark is missing.
+
+    Only the marks of the member that started the task count: the other one's waits end
+    every second (their replies are read too), and one could fall inside the probe.
+    """
     first_after: dict[str, int] = {}
-    for stamp, name in marks[bisect_left(marks, (probe.sent_ns, "")):]:
-        if stamp > started_ns:
+    for member in marks.values():
+        after_send = member[bisect_left(member, (probe.sent_ns, "")):]
+        window = [(stamp, name) for stamp, name in after_send if stamp <= started_ns]
+        if any(name == "task_prerun" for _, name in window):
+            for stamp, name in window:
+                first_after.setdefault(name, stamp)
             break
-        first_after.setdefault(name, stamp)
     parts = {"producer": probe.sent_ns - probe.called_ns}
     previous = probe.sent_ns
     for name, part in MEMBER_MARKS:
@@ -133,9 +142,11 @@ def split(probe: Probe, started_ns: int, marks: list[tuple[int, str]]) -> dict[s
     return parts
 
 
-def collections_within(probe: Probe, started_ns: int, marks: list[tuple[int, str]]) -> int:
-    start = bisect_left(marks, (probe.called_ns, ""))
-    return sum(1 for stamp, name in marks[start:]
+def collections_within(probe: Probe, started_ns: int,
+                       marks: dict[str, list[tuple[int, str]]]) -> int:
+    """Garbage collections that started in any member while the probe was on its way."""
+    return sum(1 for member in marks.values()
+               for stamp, name in member[bisect_left(member, (probe.called_ns, "")):]
                if stamp <= started_ns and name.startswith("gc") and name.endswith("-start"))
 
 

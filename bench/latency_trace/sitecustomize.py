@@ -3,7 +3,8 @@
 Loaded by Python's ``site`` at start-up in every process whose ``PYTHONPATH`` holds this
 directory: ``bench/latency_breakdown.py`` puts it there for the worker it starts, and sets
 ``LATENCY_TRACE_DIR``. Only a worker group's members (``worker --member N``) are marked; any
-other process, or a run without the variable, gets nothing from this file.
+other process, or a run without the variable, gets nothing from this file. (Being first
+on the path, it stands in for any other ``sitecustomize`` in that worker only.)
 
 Each mark is a name and ``time.time_ns()``, kept in memory and written to
 ``LATENCY_TRACE_DIR/marks-<pid>.txt`` after the task has run (``task_postrun``), so the
