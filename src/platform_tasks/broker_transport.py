@@ -40,7 +40,13 @@ from kombu.transport import virtual as kombu_virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-from platform_tasks import consumer_loop, fetch_script, redeliveries, result_writes
+from platform_tasks import (
+    consumer_loop,
+    fetch_script,
+    held_ledger,
+    redeliveries,
+    result_writes,
+)
 from platform_tasks.ack_writes import AckWrites
 from platform_tasks.inspection import ready_lists, wake_list
 from platform_tasks.observability import held_lines
@@ -151,7 +157,8 @@ class FailoverTolerantQoS(kombu_redis.QoS):
             )
             self._heartbeat.start()
         if self.channel.take_recorded(delivery_tag):
-            # The fetch script recorded it as unacked already, in the step that popped it.
+            # The fetch script recorded it as unacked already, in the step that popped it
+            # (and the ledger has it since the fetch's reply was read).
             kombu_virtual.QoS.append(self, message, delivery_tag)
             return
         try:
@@ -160,6 +167,10 @@ class FailoverTolerantQoS(kombu_redis.QoS):
             # Popped from its queue but not recorded as unacked: only this process has it.
             kombu_virtual.QoS.append(self, message, delivery_tag)
             raise
+        ledger = held_ledger.LEDGER
+        if ledger is not None:
+            # Just after kombu scored its record: the ledger's score is no earlier.
+            ledger.add(delivery_tag, time.time())
 
     def ack(self, delivery_tag: str) -> None:
         if self._channel_closed():
@@ -170,8 +181,9 @@ class FailoverTolerantQoS(kombu_redis.QoS):
             # before the flush leaves the record, and the message runs again: at least once.
             self.defer_ack(delivery_tag)
             kombu_virtual.QoS.ack(self, delivery_tag)
-            return
-        super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+        else:
+            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
+        _forget_held(delivery_tag)
 
     def defer_ack(self, delivery_tag: str) -> None:
         """Remove ``delivery_tag``'s record at a flush, once the results this process sent
@@ -253,6 +265,7 @@ class FailoverTolerantQoS(kombu_redis.QoS):
         if self._channel_closed():
             return
         super().reject(delivery_tag, requeue=requeue)  # type: ignore[no-untyped-call]
+        _forget_held(delivery_tag)
 
     def _channel_closed(self) -> bool:
         """A task that finishes after its connection was lost acks on the dead channel.
@@ -282,10 +295,15 @@ class FailoverTolerantQoS(kombu_redis.QoS):
                 _restore_one(self.channel, connection, _orphan_of(tag, message),
                              leftmost=leftmost)
         self._restored.add(tag)
+        _forget_held(tag)
 
     def restore_unacked(self, client: Any = None) -> None:
         try:
             super().restore_unacked(client)  # type: ignore[no-untyped-call]
+            # All put back. (After a failure the ledger keeps them: if this process dies
+            # before the orphans are put back, its successor finds them there.)
+            if held_ledger.LEDGER is not None:
+                held_ledger.LEDGER.clear()
         except Exception as error:  # any failure here would lose them
             orphans = [
                 _orphan_of(tag, message)
@@ -300,11 +318,19 @@ class FailoverTolerantQoS(kombu_redis.QoS):
             self._restored.clear()
 
 
+def _forget_held(delivery_tag: str) -> None:
+    ledger = held_ledger.LEDGER
+    if ledger is not None:
+        ledger.remove(delivery_tag)
+
+
 class _RestoresOrphans:
-    """Channel behaviour: give the orphans back as soon as a new connection consumes."""
+    """Channel behaviour: give the orphans back as soon as a new connection consumes, and
+    what a dead predecessor of this worker group member held (:mod:`held_ledger`)."""
 
     def basic_consume(self, *args: Any, **kwargs: Any) -> Any:
         ORPHANS.restore(self)
+        held_ledger.put_back_previous(self)
         return super().basic_consume(*args, **kwargs)  # type: ignore[misc]
 
 
@@ -427,6 +453,16 @@ class _FetchesInBatches:
     def _mark_recorded(self, delivery_tag: str) -> None:
         self.__dict__.setdefault("_recorded_tags", set()).add(delivery_tag)
 
+    def _forget_untaken(self, delivery_tag: str) -> None:
+        recorded = self.__dict__.get("_recorded_tags", set())
+        if delivery_tag in recorded:  # else kombu took it: the QoS holds it now
+            recorded.discard(delivery_tag)
+            _forget_held(delivery_tag)
+
+    def taken_not_delivered(self) -> list[str]:
+        """Tags of messages this channel fetched and has not handed to kombu yet."""
+        return list(self.__dict__.get("_recorded_tags", ()))
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         channel: Any = self
         if channel.global_keyprefix:  # kombu prefixes keys itself; not supported by the script
@@ -491,18 +527,36 @@ class _FetchesInBatches:
                            "fetch took", wait_error)
         for item in fetched.unreadable:
             self._dead_letter_unreadable(item.text, self._queue_of(item.list_key))
-        delivered = False
+        batch = []
         for item in fetched.taken:
             queue = self._queue_of(item.list_key)
             payload = self._readable_payload(item.text, queue)
-            if payload is None:
-                continue
-            channel._queue_cycle.rotate(queue)
-            self._mark_recorded(payload["properties"]["delivery_tag"])
-            channel.connection._deliver(payload, queue)
-            delivered = True
-        if not delivered:
+            if payload is not None:
+                batch.append((queue, payload))
+        if not batch:
             raise Empty()
+        # The whole batch counts as held from now on, not each message once delivered: on
+        # the solo pool the first one's task runs inside its delivery while the others wait
+        # here, and they must be refreshed (and in the ledger) meanwhile too.
+        tags = [payload["properties"]["delivery_tag"] for _, payload in batch]
+        for tag in tags:
+            self._mark_recorded(tag)
+        ledger = held_ledger.LEDGER
+        if ledger is not None:
+            score = time.time()
+            for tag in tags:
+                ledger.add(tag, score)
+        delivered = 0
+        try:
+            for queue, payload in batch:
+                channel._queue_cycle.rotate(queue)
+                channel.connection._deliver(payload, queue)
+                delivered += 1
+        finally:
+            # What kombu did not take (a delivery raised) is in no one's hands here any more:
+            # its record stops being refreshed, and the sweep puts it back.
+            for tag in tags[delivered:]:
+                self._forget_untaken(tag)
         return True
 
     def _read_replies(self, command: str,

@@ -107,6 +107,11 @@ def _run_worker(options: argparse.Namespace, settings: Settings, pool: str,
         if not os.environ.get(multiprocess_dir.ENV_VAR):
             raise UsageError("--member is for the worker group's supervisor to use: "
                              f"{multiprocess_dir.ENV_VAR} is not set")
+        from platform_tasks import held_ledger
+
+        # What this member holds, for its replacement should it die (what its predecessor
+        # left is put back as soon as this one consumes).
+        held_ledger.open_for_member(held_ledger.ledger_file(settings, options.queue, member))
     from platform_tasks import heartbeat, worker_hooks
     from platform_tasks.app import create_app
     from platform_tasks.observability import worker_metrics

@@ -19,6 +19,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from platform_tasks import held_ledger
+
 logger = logging.getLogger(__name__)
 
 #: Refreshes per visibility timeout: a worker can miss several before its messages expire.
@@ -69,10 +71,16 @@ class VisibilityHeartbeat:
 
 
 def held_tags(qos: Any) -> list[str]:
-    """Delivery tags of the messages this QoS holds unacknowledged (taken, not yet acked)."""
+    """Delivery tags of the messages this QoS holds unacknowledged: taken, not yet acked,
+    including those of a fetched batch still waiting for the task before them to run."""
+    channel = qos.channel
+    waiting = getattr(channel, "taken_not_delivered", None)
     for _ in range(3):
         try:
-            return list(qos._delivered)
+            tags = list(qos._delivered)
+            if waiting is not None:
+                tags.extend(tag for tag in waiting() if tag not in qos._delivered)
+            return tags
         except RuntimeError:  # resized by the consumer thread while being copied
             continue
     return []
@@ -89,5 +97,9 @@ def refresh(qos: Any, now: Callable[[], float] = time.time) -> int:
         return 0
     stamp = now()
     with qos.channel.conn_or_acquire() as client:
-        return int(client.zadd(qos.unacked_index_key, dict.fromkeys(tags, stamp), xx=True,
-                               ch=True) or 0)
+        refreshed = int(client.zadd(qos.unacked_index_key, dict.fromkeys(tags, stamp), xx=True,
+                                    ch=True) or 0)
+    ledger = held_ledger.LEDGER
+    if ledger is not None:
+        ledger.rescore(tags, stamp)
+    return refreshed

@@ -109,3 +109,24 @@ def enqueues_children() -> list[str]:
         alone = producer.enqueue(ADD, queue="default", args=[1, 1])
         bulk = producer.enqueue_many(ADD, [((2, 2), {}), ((3, 3), {})], queue="default")
     return [alone, *bulk]
+
+
+HOLDS = "tests.solo_limits.holds_until_released"
+
+
+def release_key(marker: str) -> str:
+    return f"test-release:{marker}"
+
+
+@shared_task(name=HOLDS)  # type: ignore[untyped-decorator]
+def holds_until_released(marker: str, index: int) -> None:
+    """Runs until the test sets ``release_key(marker)`` (a minute at most)."""
+    record(marker, f"started-{index}")
+    client = connect(load_settings())
+    try:
+        deadline = time.monotonic() + 60
+        while not client.exists(release_key(marker)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.close()
+    record(marker, f"finished-{index}")

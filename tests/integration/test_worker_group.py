@@ -363,3 +363,34 @@ def test_a_task_that_kills_its_member_every_time_is_dead_lettered(
     wait_until(lambda: events(broker, follow_up), 30, "a task after the poison")
     with contextlib.suppress(Exception):
         broker.delete(tasks.events_key(marker))
+
+
+def test_a_batch_waiting_behind_a_long_task_stays_with_its_member(
+    settings: Settings, broker: redis.Redis, group: tuple[ManagedProcess, int]
+) -> None:
+    """A member fetches up to its prefetch at once and runs them one after the other; the
+    ones waiting behind a task that outlasts the visibility timeout are refreshed as held,
+    so the other member's sweep never hands them out a second time."""
+    first, second, batch = (uuid.uuid4().hex for _ in range(3))
+    send(settings, tasks.HOLDS, first, 0)
+    wait_until(lambda: events(broker, first), 60, "one member busy")
+    send(settings, tasks.HOLDS, second, 1)
+    wait_until(lambda: events(broker, second), 30, "the other member busy")
+    for index in range(4):
+        send(settings, tasks.HOLDS, batch, index)
+    wait_until(lambda: broker.llen("default") == 4, 10, "the batch waiting")
+    # The first member is free: it takes the whole batch and runs its first task, which
+    # holds on; the other three wait in that member behind it.
+    broker.set(tasks.release_key(first), "1")
+    wait_until(lambda: events(broker, batch), 30, "the batch's first task running")
+    holder = events(broker, batch)[0][1]
+    assert broker.llen("default") == 0
+    broker.set(tasks.release_key(second), "1")  # the other member is idle, and sweeps
+    time.sleep(3 * VISIBILITY_TIMEOUT)
+    assert [event for event, _ in events(broker, batch)] == ["started-0"]
+    broker.set(tasks.release_key(batch), "1")
+    wait_until(lambda: len(events(broker, batch)) == 8, 30, "the batch run")
+    seen = events(broker, batch)
+    assert sorted(event for event, _ in seen) == sorted(
+        [f"started-{index}" for index in range(4)] + [f"finished-{index}" for index in range(4)])
+    assert {pid for _, pid in seen} == {holder}
