@@ -93,6 +93,7 @@ class _OrphanStore:
                     _restore_one(channel, client, orphan)
                     with self._lock:
                         self._orphans.pop(orphan.delivery_tag, None)
+                    _forget_held(orphan.delivery_tag)
                     restored += 1
         except Exception as error:  # kept for the next attempt, never lost
             logger.warning("restored %d of %d orphaned messages; retrying later: %s",
@@ -299,11 +300,9 @@ class FailoverTolerantQoS(kombu_redis.QoS):
 
     def restore_unacked(self, client: Any = None) -> None:
         try:
+            # Each one put back leaves the ledger then (restore_by_tag); after a failure the
+            # orphans stay in it until they are put back, in case this process dies first.
             super().restore_unacked(client)  # type: ignore[no-untyped-call]
-            # All put back. (After a failure the ledger keeps them: if this process dies
-            # before the orphans are put back, its successor finds them there.)
-            if held_ledger.LEDGER is not None:
-                held_ledger.LEDGER.clear()
         except Exception as error:  # any failure here would lose them
             orphans = [
                 _orphan_of(tag, message)
@@ -453,12 +452,6 @@ class _FetchesInBatches:
     def _mark_recorded(self, delivery_tag: str) -> None:
         self.__dict__.setdefault("_recorded_tags", set()).add(delivery_tag)
 
-    def _forget_untaken(self, delivery_tag: str) -> None:
-        recorded = self.__dict__.get("_recorded_tags", set())
-        if delivery_tag in recorded:  # else kombu took it: the QoS holds it now
-            recorded.discard(delivery_tag)
-            _forget_held(delivery_tag)
-
     def taken_not_delivered(self) -> list[str]:
         """Tags of messages this channel fetched and has not handed to kombu yet."""
         return list(self.__dict__.get("_recorded_tags", ()))
@@ -539,25 +532,41 @@ class _FetchesInBatches:
         # the solo pool the first one's task runs inside its delivery while the others wait
         # here, and they must be refreshed (and in the ledger) meanwhile too.
         tags = [payload["properties"]["delivery_tag"] for _, payload in batch]
-        for tag in tags:
-            self._mark_recorded(tag)
-        ledger = held_ledger.LEDGER
-        if ledger is not None:
-            score = time.time()
-            for tag in tags:
-                ledger.add(tag, score)
         delivered = 0
         try:
+            for tag in tags:
+                self._mark_recorded(tag)
+            ledger = held_ledger.LEDGER
+            if ledger is not None:
+                score = time.time()
+                for tag in tags:
+                    ledger.add(tag, score)
             for queue, payload in batch:
                 channel._queue_cycle.rotate(queue)
                 channel.connection._deliver(payload, queue)
                 delivered += 1
         finally:
-            # What kombu did not take (a delivery raised) is in no one's hands here any more:
-            # its record stops being refreshed, and the sweep puts it back.
-            for tag in tags[delivered:]:
-                self._forget_untaken(tag)
+            if delivered < len(batch):
+                self._give_back_untaken(batch[delivered:])
         return True
+
+    def _give_back_untaken(self, rest: list[tuple[str, dict[str, Any]]]) -> None:
+        """A delivery raised: the messages of the batch kombu did not take go back on their
+        queue now, or as soon as a broker answers (orphans; the ledger keeps them until
+        then). Left recorded and unrefreshed, they would wait for the visibility timeout."""
+        recorded = self.__dict__.get("_recorded_tags", set())
+        orphans = []
+        for _, payload in rest:
+            tag = payload["properties"]["delivery_tag"]
+            if tag not in recorded:  # kombu took it: the QoS holds it now
+                continue
+            recorded.discard(tag)
+            delivery_info = payload["properties"].get("delivery_info") or {}
+            orphans.append(_Orphan(tag, payload, delivery_info.get("exchange") or "",
+                                   delivery_info.get("routing_key") or ""))
+        if orphans:
+            ORPHANS.add(orphans)
+            ORPHANS.restore(self)
 
     def _read_replies(self, command: str,
                       options: dict[str, Any]) -> tuple[Exception | None, Any]:

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import WatchError
+
 from platform_tasks.heartbeat import liveness_file
 from platform_tasks.settings import Settings
 
@@ -184,62 +186,95 @@ _previous: list[HeldEntry] = []
 
 def open_for_member(path: Path) -> None:
     """Start this member's ledger at ``path``; keep its predecessor's entries for
-    :func:`put_back_previous`."""
-    global LEDGER, _previous
+    :func:`put_back_previous`. They stay in the ledger, with the scores the predecessor gave
+    them, until each is dealt with: should this member die first, its own successor finds
+    them."""
+    global LEDGER
     opened = HeldLedger.open(path)
     if opened is None:
         logger.warning("%s is in use by another worker (the same liveness file?); this member "
                        "keeps no ledger: if it dies, what it held waits for the visibility "
                        "timeout", path)
         return
-    LEDGER, _previous = opened
-    if _previous:
+    LEDGER, previous = opened
+    for entry in previous:
+        LEDGER.add(entry.delivery_tag, entry.score)
+        _previous.append(entry)
+    if previous:
         logger.info("%d messages held by the previous member (in %s) are put back once this "
-                    "one consumes", len(_previous), path)
+                    "one consumes", len(previous), path)
+
+
+#: Tries of one put-back's transaction while other workers change the keys it watches.
+PUT_BACK_ATTEMPTS = 20
+
+
+class PutBackContendedError(Exception):
+    """The unacked keys kept changing under a put-back's transaction."""
 
 
 def put_back_previous(channel: Any) -> None:
     """Put back on their queues the messages a dead predecessor held (see the module's
-    docstring); called when the channel starts consuming. Once per process."""
-    global _previous
-    entries, _previous = _previous, []
-    if not entries:
+    docstring); called when a channel starts consuming. What a failure leaves is tried again
+    at the next call (a new connection's consume)."""
+    ledger = LEDGER
+    if not _previous or ledger is None:
         return
     if channel.global_keyprefix:  # not the platform's configuration; keys would not match
         return
-    put_back = 0
+    entries = list(_previous)
+    put_back = dealt_with = 0
     try:
         with channel.conn_or_acquire() as client:
             for entry in entries:
-                put_back += put_back_entry(channel, client, entry)
+                try:
+                    put_back += put_back_entry(channel, client, entry)
+                except (ValueError, TypeError, PutBackContendedError) as error:
+                    # This one record is unreadable, or too busy to settle now: the
+                    # visibility timeout puts it back.
+                    logger.warning("could not put back message %s that the previous member "
+                                   "held (%s); it goes back after the visibility timeout",
+                                   entry.delivery_tag, error)
+                _previous.remove(entry)
+                ledger.remove(entry.delivery_tag)
+                dealt_with += 1
     except Exception as error:
-        logger.warning("could not put back the messages the previous member held (%s); they "
-                       "go back after the visibility timeout", error)
+        logger.warning("put back %d of the messages the previous member held; %d more are "
+                       "tried when this member next connects (%s)", put_back,
+                       len(entries) - dealt_with, error)
         return
     logger.warning("put back %d of %d messages the previous member held when it stopped; "
-                   "the rest were acknowledged or taken again since", put_back, len(entries))
+                   "the others were acknowledged, re-scored or taken again since", put_back,
+                   len(entries))
 
 
 def put_back_entry(channel: Any, client: Any, entry: HeldEntry) -> bool:
     """Put one message a dead member held back on its queue if its record is as the member
-    left it (see the module's docstring); whether it was."""
+    left it (see the module's docstring); whether it was.
+
+    Both unacked keys are watched, and every fetch, ack and refresh of every worker changes
+    them: the transaction is tried :data:`PUT_BACK_ATTEMPTS` times at most.
+    """
     unacked_key, index_key = channel.unacked_key, channel.unacked_index_key
-    done = False
-
-    def transaction(pipe: Any) -> None:
-        nonlocal done
-        done = False  # run again from the start when a watched key changed
-        score = pipe.zscore(index_key, entry.delivery_tag)
-        recorded = pipe.hget(unacked_key, entry.delivery_tag)
-        pipe.multi()
-        if score is None or recorded is None or score > entry.score + SCORE_SLACK_SECONDS:
-            return
-        pipe.zrem(index_key, entry.delivery_tag)
-        pipe.hdel(unacked_key, entry.delivery_tag)
-        payload, exchange, routing_key = json.loads(recorded)
-        # Rightmost, as the visibility sweep does: it was taken first, it runs next.
-        channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost=False)
-        done = True
-
-    client.transaction(transaction, unacked_key, index_key)
-    return done
+    with client.pipeline() as pipe:
+        for _ in range(PUT_BACK_ATTEMPTS):
+            try:
+                pipe.watch(unacked_key, index_key)
+                score = pipe.zscore(index_key, entry.delivery_tag)
+                recorded = pipe.hget(unacked_key, entry.delivery_tag)
+                if (score is None or recorded is None
+                        or score > entry.score + SCORE_SLACK_SECONDS):
+                    pipe.unwatch()
+                    return False
+                payload, exchange, routing_key = json.loads(recorded)
+                pipe.multi()
+                pipe.zrem(index_key, entry.delivery_tag)
+                pipe.hdel(unacked_key, entry.delivery_tag)
+                # Rightmost, as the visibility sweep does: it was taken first, it runs next.
+                channel._do_restore_message(payload, exchange, routing_key, pipe,
+                                            leftmost=False)
+                pipe.execute()
+                return True
+            except WatchError:
+                continue
+    raise PutBackContendedError(f"the unacked keys changed under {PUT_BACK_ATTEMPTS} tries")

@@ -128,3 +128,31 @@ def test_each_member_has_its_ledger_beside_its_liveness_file(tmp_path: Path) -> 
 def _no_process_ledger() -> None:
     # These tests open ledgers of their own; none is this process's.
     assert held_ledger.LEDGER is None
+
+
+def test_a_successor_keeps_its_predecessors_entries_until_they_are_dealt_with(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "default-1.held"
+    held = tags(2)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child is killed
+        ledger, _ = opened(path)
+        ledger.add(held[0], 10.0)
+        ledger.add(held[1], 11.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(child, 0)
+
+    held_ledger.open_for_member(path)
+    try:
+        assert held_ledger.LEDGER is not None
+        # Still in the file, with the dead member's scores: should this member die before
+        # putting them back, its own successor finds them.
+        expected = [HeldEntry(held[0], 10.0), HeldEntry(held[1], 11.0)]
+        assert sorted(read_ledger(path), key=lambda entry: entry.score) == expected
+        assert held_ledger._previous == expected
+    finally:
+        if held_ledger.LEDGER is not None:
+            held_ledger.LEDGER.close()
+        held_ledger.LEDGER = None
+        held_ledger._previous.clear()
