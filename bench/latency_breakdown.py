@@ -47,6 +47,7 @@ import redis.connection
 from compare_procs import clean_env, managed
 from compare_systems import ADD_NUMBERS, TaskStartLog
 
+from platform_tasks.devstack.processes import ManagedProcess
 from platform_tasks.devstack.stack import worker_argv
 from platform_tasks.devstack.topology import SentinelTopology
 from platform_tasks.producer import TaskProducer
@@ -100,6 +101,16 @@ def send_probes(producer: TaskProducer, count: int, spacing: float) -> list[Prob
             probes.append(Probe(task_id, called, sends[0]))
             time.sleep(spacing)
     return probes
+
+
+def wait_started(starts: TaskStartLog, worker: ManagedProcess, probes: list[Probe],
+                 timeout: float, what: str) -> None:
+    """Until the worker's log has a ``task_started`` line for every probe."""
+    deadline = time.monotonic() + timeout
+    while not all(probe.task_id in starts.read([worker.log_path]) for probe in probes):
+        if time.monotonic() > deadline or not worker.alive:
+            raise RuntimeError(f"the worker did not start {what}; see {worker.log_path}")
+        time.sleep(0.1)
 
 
 def read_marks(directory: Path) -> dict[str, list[tuple[int, str]]]:
@@ -199,23 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             worker.start()
             try:
                 with TaskProducer(load_settings(env)) as producer:
-                    warm = send_probes(producer, warmup, 0.05)
                     starts = TaskStartLog()
-                    deadline = time.monotonic() + 120
-                    while not all(probe.task_id in starts.read([worker.log_path])
-                                  for probe in warm):
-                        if time.monotonic() > deadline or not worker.alive:
-                            raise RuntimeError(f"the worker did not start the warm-up "
-                                               f"probes; see {worker.log_path}")
-                        time.sleep(0.1)
+                    warm = send_probes(producer, warmup, 0.05)
+                    wait_started(starts, worker, warm, 120, "the warm-up probes")
                     probes = send_probes(producer, probes_wanted, options.spacing_ms / 1000)
-                    deadline = time.monotonic() + 60
-                    while not all(probe.task_id in starts.read([worker.log_path])
-                                  for probe in probes):
-                        if time.monotonic() > deadline or not worker.alive:
-                            raise RuntimeError(f"not every probe started; see "
-                                               f"{worker.log_path}")
-                        time.sleep(0.1)
+                    wait_started(starts, worker, probes, 60, "the probes")
                     time.sleep(0.5)  # the last task's marks are written after it ran
             finally:
                 worker.stop(30)

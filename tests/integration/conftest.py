@@ -1,5 +1,8 @@
 """Module-scoped real servers for integration tests: a Sentinel topology, or the whole stack.
 
+A module that starts workers itself defines a ``worker_env`` fixture (see ``worker_env.py``);
+``settings`` and ``broker`` here follow from it.
+
 A test module changes what starts by overriding the ``*_options`` fixture, e.g.::
 
     @pytest.fixture(scope="module")
@@ -18,6 +21,8 @@ import pytest
 import redis
 
 from platform_tasks.devstack.topology import SentinelTopology
+from platform_tasks.redis_client import connect
+from platform_tasks.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from platform_tasks.devstack.stack import DevStack
@@ -103,3 +108,17 @@ def broker_keys(master: redis.Redis) -> Callable[[], dict[int, list[str]]]:
         return found
 
     return read
+
+
+@pytest.fixture(scope="module")
+def settings(worker_env: dict[str, str]) -> Settings:
+    """The settings of the module's workers (its ``worker_env`` fixture)."""
+    return load_settings(worker_env)
+
+
+@pytest.fixture
+def broker(settings: Settings, master: redis.Redis) -> Iterator[redis.Redis]:
+    """A client of the module's broker database, after emptying every database."""
+    client = connect(settings)
+    yield client
+    client.close()

@@ -23,6 +23,7 @@ import pytest
 import redis
 import solo_limit_tasks as tasks
 from test_worker_group import GROUP_SIZE, events, member_names, members, send, wait_until
+from worker_env import worker_env
 
 from platform_tasks import held_ledger
 from platform_tasks.app import create_app
@@ -30,41 +31,20 @@ from platform_tasks.devstack.processes import ManagedProcess
 from platform_tasks.devstack.stack import worker_argv
 from platform_tasks.devstack.topology import SentinelTopology
 from platform_tasks.held_ledger import HeldEntry
-from platform_tasks.redis_client import connect
-from platform_tasks.settings import Settings, load_settings
+from platform_tasks.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 VISIBILITY_TIMEOUT = 300
-TASKS_DIR = Path(__file__).resolve().parent
 HELD_TASKS = 4
 
 
-@pytest.fixture(scope="module")
-def worker_env(sentinel_topology: SentinelTopology, tmp_path_factory: pytest.TempPathFactory
-               ) -> dict[str, str]:
-    base = {key: value for key, value in os.environ.items()
-            if not key.startswith("PLATFORM_TASKS_")}
-    return {
-        **base,
-        **sentinel_topology.settings_env(),
-        "PLATFORM_TASKS_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_TIMEOUT),
-        "PLATFORM_TASKS_METRICS_PORT": "0",
-        "PLATFORM_TASKS_HEARTBEAT_FILE": str(tmp_path_factory.mktemp("alive") / "default.alive"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TASKS_DIR), base.get("PYTHONPATH")])),
-    }
-
-
-@pytest.fixture(scope="module")
-def settings(worker_env: dict[str, str]) -> Settings:
-    return load_settings(worker_env)
-
-
-@pytest.fixture
-def broker(settings: Settings, master: redis.Redis) -> Iterator[redis.Redis]:
-    client = connect(settings)
-    yield client
-    client.close()
+@pytest.fixture(scope="module", name="worker_env")
+def worker_env_fixture(sentinel_topology: SentinelTopology,
+                       tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return worker_env(
+        sentinel_topology, visibility_timeout_seconds=str(VISIBILITY_TIMEOUT),
+        metrics_port="0", heartbeat_file=str(tmp_path_factory.mktemp("alive") / "default.alive"))
 
 
 @pytest.fixture

@@ -22,47 +22,26 @@ from typing import Any
 import pytest
 import redelivery_tasks
 import redis
+from worker_env import worker_env
 
 from platform_tasks import dead_letters, keys
 from platform_tasks.app import create_app
 from platform_tasks.devstack.processes import ManagedProcess
 from platform_tasks.devstack.stack import worker_argv
 from platform_tasks.devstack.topology import SentinelTopology
-from platform_tasks.redis_client import connect
-from platform_tasks.settings import Settings, load_settings
+from platform_tasks.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 VISIBILITY_TIMEOUT = 6
 MAX_REDELIVERIES = 2
 #: The workers import redelivery_tasks from here (``--include``), as this module does.
-TASKS_DIR = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def worker_env(sentinel_topology: SentinelTopology) -> dict[str, str]:
-    base = {key: value for key, value in os.environ.items()
-            if not key.startswith("PLATFORM_TASKS_")}
-    return {
-        **base,
-        **sentinel_topology.settings_env(),
-        "PLATFORM_TASKS_VISIBILITY_TIMEOUT_SECONDS": str(VISIBILITY_TIMEOUT),
-        "PLATFORM_TASKS_MAX_REDELIVERIES": str(MAX_REDELIVERIES),
-        "PLATFORM_TASKS_METRICS_PORT": "0",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TASKS_DIR), base.get("PYTHONPATH")])),
-    }
-
-
-@pytest.fixture(scope="module")
-def settings(worker_env: dict[str, str]) -> Settings:
-    return load_settings(worker_env)
-
-
-@pytest.fixture
-def broker(settings: Settings, master: redis.Redis) -> Iterator[redis.Redis]:
-    client = connect(settings)
-    yield client
-    client.close()
+@pytest.fixture(scope="module", name="worker_env")
+def worker_env_fixture(sentinel_topology: SentinelTopology) -> dict[str, str]:
+    return worker_env(sentinel_topology, visibility_timeout_seconds=str(VISIBILITY_TIMEOUT),
+                      max_redeliveries=str(MAX_REDELIVERIES), metrics_port="0")
 
 
 @pytest.fixture

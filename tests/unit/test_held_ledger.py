@@ -26,6 +26,22 @@ def tags(count: int) -> list[str]:
     return [str(uuid.uuid4()) for _ in range(count)]
 
 
+def killed_writer(path: Path, added: list[tuple[str, float]],
+                  removed: tuple[str, ...] | list[str] = ()) -> None:
+    """A process that writes ``path``'s ledger and is SIGKILLed: no exit handler runs."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child is killed
+        ledger, _ = opened(path)
+        for tag, score in added:
+            ledger.add(tag, score)
+        for tag in removed:
+            ledger.remove(tag)
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status)
+    assert os.WTERMSIG(status) == signal.SIGKILL
+
+
 def test_the_file_lists_what_is_held_with_its_last_score(tmp_path: Path) -> None:
     path = tmp_path / "default-1.held"
     ledger, previous = opened(path)
@@ -52,15 +68,8 @@ def test_a_killed_writer_leaves_its_entries_to_the_next_one_which_starts_clean(
 ) -> None:
     path = tmp_path / "default-1.held"
     held = tags(3)
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child is killed
-        ledger, _ = opened(path)
-        for index, tag in enumerate(held):
-            ledger.add(tag, 1000.0 + index)
-        ledger.remove(held[1])
-        os.kill(os.getpid(), signal.SIGKILL)
-    _, status = os.waitpid(child, 0)
-    assert os.WIFSIGNALED(status)
+    killed_writer(path, [(tag, 1000.0 + index) for index, tag in enumerate(held)],
+                  removed=[held[1]])
 
     ledger, previous = opened(path)
     assert sorted(previous, key=lambda entry: entry.score) == [
@@ -135,13 +144,7 @@ def test_a_successor_keeps_its_predecessors_entries_until_they_are_dealt_with(
 ) -> None:
     path = tmp_path / "default-1.held"
     held = tags(2)
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child is killed
-        ledger, _ = opened(path)
-        ledger.add(held[0], 10.0)
-        ledger.add(held[1], 11.0)
-        os.kill(os.getpid(), signal.SIGKILL)
-    os.waitpid(child, 0)
+    killed_writer(path, [(held[0], 10.0), (held[1], 11.0)])
 
     held_ledger.open_for_member(path)
     try:
