@@ -72,8 +72,7 @@ def ledger_file(settings: Settings, queue: str, member: int) -> Path:
 class HeldLedger:
     """One member's ledger file, mapped into memory and locked while the member lives."""
 
-    def __init__(self, path: Path, fd: int, slots: int) -> None:
-        self.path = path
+    def __init__(self, fd: int, slots: int) -> None:
         self._fd = fd
         self._map = mmap.mmap(fd, slots * SLOT_BYTES)
         self._slot_of: dict[str, int] = {}
@@ -83,7 +82,9 @@ class HeldLedger:
 
     @classmethod
     def open(cls, path: Path, slots: int = SLOTS) -> tuple[HeldLedger, list[HeldEntry]] | None:
-        """Lock and map ``path``; the entries a previous member left in it (then erased).
+        """Lock and map ``path``; the entries a previous member left in it, which stay in the
+        file, with their scores, until :meth:`remove`: should this process die before dealing
+        with them, the next one finds them too.
 
         None when another live process holds the lock (it uses this file).
         """
@@ -97,9 +98,12 @@ class HeldLedger:
         try:
             size = slots * SLOT_BYTES
             previous = _read_entries(os.pread(fd, size, 0)) if os.fstat(fd).st_size else []
-            os.ftruncate(fd, 0)  # erased whole: a file of another size starts clean too
+            os.ftruncate(fd, 0)  # written again whole: a file of another size starts clean too
             os.ftruncate(fd, size)
-            return cls(path, fd, slots), previous
+            ledger = cls(fd, slots)
+            for entry in previous:
+                ledger.add(entry.delivery_tag, entry.score)
+            return ledger, previous
         except BaseException:
             os.close(fd)
             raise
@@ -147,14 +151,6 @@ class HeldLedger:
                     offset = slot * SLOT_BYTES + 8
                     self._map[offset:offset + 8] = packed
 
-    def clear(self) -> None:
-        """Forget everything: the member put back all it held (a closing channel)."""
-        with self._lock:
-            for slot in self._slot_of.values():
-                self._map[slot * SLOT_BYTES] = 0
-                self._free.append(slot)
-            self._slot_of.clear()
-
 
 def read_ledger(path: Path) -> list[HeldEntry]:
     """The entries in a ledger file as it is now, without taking it (inspection, tests)."""
@@ -185,10 +181,8 @@ _previous: list[HeldEntry] = []
 
 
 def open_for_member(path: Path) -> None:
-    """Start this member's ledger at ``path``; keep its predecessor's entries for
-    :func:`put_back_previous`. They stay in the ledger, with the scores the predecessor gave
-    them, until each is dealt with: should this member die first, its own successor finds
-    them."""
+    """Start this member's ledger at ``path``; its predecessor's entries (still in it) are
+    for :func:`put_back_previous`."""
     global LEDGER
     opened = HeldLedger.open(path)
     if opened is None:
@@ -197,9 +191,7 @@ def open_for_member(path: Path) -> None:
                        "timeout", path)
         return
     LEDGER, previous = opened
-    for entry in previous:
-        LEDGER.add(entry.delivery_tag, entry.score)
-        _previous.append(entry)
+    _previous.extend(previous)
     if previous:
         logger.info("%d messages held by the previous member (in %s) are put back once this "
                     "one consumes", len(previous), path)

@@ -57,13 +57,14 @@ def test_the_file_lists_what_is_held_with_its_last_score(tmp_path: Path) -> None
     assert sorted(read_ledger(path), key=lambda entry: entry.delivery_tag) == sorted(
         [HeldEntry(first, 200.25), HeldEntry(third, 103.0)],
         key=lambda entry: entry.delivery_tag)
-    ledger.clear()
+    ledger.remove(first)
+    ledger.remove(third)
     assert read_ledger(path) == []
-    ledger.add(second, 5.0)  # slots freed by clear() are used again
+    ledger.add(second, 5.0)  # slots freed by remove() are used again
     assert read_ledger(path) == [HeldEntry(second, 5.0)]
 
 
-def test_a_killed_writer_leaves_its_entries_to_the_next_one_which_starts_clean(
+def test_a_killed_writer_leaves_its_entries_to_the_next_one_until_it_removes_them(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "default-1.held"
@@ -74,7 +75,10 @@ def test_a_killed_writer_leaves_its_entries_to_the_next_one_which_starts_clean(
     ledger, previous = opened(path)
     assert sorted(previous, key=lambda entry: entry.score) == [
         HeldEntry(held[0], 1000.0), HeldEntry(held[2], 1002.0)]
-    assert read_ledger(path) == []  # the successor's own entries start from nothing
+    # Kept in the file until the successor deals with them; the removed one is gone.
+    assert sorted(read_ledger(path), key=lambda entry: entry.score) == sorted(
+        previous, key=lambda entry: entry.score)
+    ledger.remove(held[2])
     ledger.add(held[0], 2000.0)
     assert read_ledger(path) == [HeldEntry(held[0], 2000.0)]
 
