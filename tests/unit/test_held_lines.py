@@ -158,3 +158,24 @@ def test_a_line_not_held_goes_out_with_what_was_held_then_alone() -> None:
     assert held.take(3, b"c\n", hold=False) == [b"a\nb\nc\n"]
     assert held.take(3, b"d\n", hold=False) == [b"d\n"]
     assert held.take_all() == (3, [])
+
+
+def test_add_is_take_for_the_usual_line_and_declines_the_rest() -> None:
+    held = HeldLines()
+    held.hold_on_this_thread()
+    assert held.add(3, b"a\n", hold=True) == b""  # no descriptor yet: take() sets it
+    assert held.take(3, b"a\n", hold=True) == []
+    assert held.add(3, b"b\n", hold=True) is None
+    assert held.add(3, b"c\n", hold=False) == b"a\nb\nc\n"
+    assert held.add(3, b"d\n", hold=False) == b"d\n"
+    assert held.add(4, b"e\n", hold=True) == b""  # another descriptor
+    long_line = b"x" * (ATOMIC_WRITE_BYTES - 2) + b"\n"
+    assert held.add(3, b"f\n", hold=True) is None
+    assert held.add(3, long_line, hold=True) == b""  # would not fit with what is held
+    assert held.take_all() == (3, [b"f\n"])
+
+    other = HeldLines()  # holding on another thread
+    other.hold_on_this_thread()
+    other.take(3, b"g\n", hold=True)
+    other._owner = -1
+    assert other.add(3, b"h\n", hold=True) == b""

@@ -117,12 +117,12 @@ def test_other_values_are_left_to_the_general_way() -> None:
 
 
 def test_numbers_on_a_line_encode_as_json_would() -> None:
-    from platform_tasks.observability.logging import _encode_flat, _encode_numbers
+    from platform_tasks.observability.logging import _encode_flat, encode_numbers
 
     for value in (0.0, 1.5, -2.25, 1e-7, 123456789.123, 1e300, 3, 0, None, True,
                   float("nan"), float("inf"), float("-inf"), "text"):
         extra = {"runtime_ms": value, "other": 2}
-        assert _encode_numbers(extra) == _encode_flat(extra)[1:-1]
+        assert encode_numbers(extra) == _encode_flat(extra)[1:-1]
 
 
 CONTEXT_PROGRAM = textwrap.dedent(
@@ -249,3 +249,93 @@ def test_encoded_identity_is_what_the_general_encoding_makes() -> None:
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["spliced", spliced]
+
+
+RECEIVERS_PROGRAM = textwrap.dedent(
+    """
+    import uuid
+    from types import SimpleNamespace
+
+    from celery import signals
+    from platform_tasks.app import create_app
+    from platform_tasks.observability import bound_context, task_context
+    from platform_tasks.observability.logging import configure_logging, emit
+    from platform_tasks.settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings, process="worker")
+    task_context.install()
+    app = create_app(settings)
+    app.loader.import_default_modules()
+    task = app.tasks["platform_tasks.default.add_numbers"]
+
+    class Consumer:  # the sender of task_received: hashable, as Celery's consumer is
+        hostname = "default-1@pod"
+
+    consumer = Consumer()
+
+    def received(task_id):
+        message = {"id": task_id, "task": task.name, "retries": 0, "root_id": task_id,
+                   "parent_id": None, "platform_tasks_correlation_id": str(uuid.uuid4())}
+        request = SimpleNamespace(id=task_id, name=task.name, request_dict=message,
+                                  hostname=consumer.hostname,
+                                  delivery_info={"routing_key": "default"})
+        signals.task_received.send(sender=consumer, request=request)
+        return message
+
+    def started(message):
+        task.push_request(id=message["id"], task=task.name, retries=0,
+                          hostname=consumer.hostname, delivery_info={"routing_key": "default"},
+                          root_id=message["root_id"], parent_id=None,
+                          platform_tasks_correlation_id=message["platform_tasks_correlation_id"])
+        signals.task_prerun.send(sender=task, task_id=message["id"], task=task)
+
+    def ended(message):
+        signals.task_success.send(sender=task, result=2)
+        signals.task_postrun.send(sender=task, task_id=message["id"], task=task, state="SUCCESS")
+        task.pop_request()
+
+    outer = received(str(uuid.uuid4()))
+    started(outer)
+    inner = received(str(uuid.uuid4()))  # a task run eagerly inside the outer one
+    started(inner)
+    ended(inner)
+    ended(outer)
+    print("---", flush=True)
+    # What the general pipeline writes for the same events, from the fields the lines carry.
+    import json, sys
+    for text in sys.stdin.read().splitlines():
+        line = json.loads(text)
+        identity = {key: value for key, value in line.items() if key in task_context._FIELD_NAMES}
+        if line["event"] == "task_received":
+            emit("platform_tasks.task", "info", "task_received", dict(identity))
+            continue
+        bound_context.bind_identity(identity)
+        extra = {"runtime_ms": line["runtime_ms"]} if "runtime_ms" in line else {}
+        emit("platform_tasks.task", "info", line["event"], extra)
+        bound_context.clear()
+    """
+)
+
+
+def test_the_receivers_lines_are_the_pipelines_and_an_eager_run_keeps_its_outer_task() -> None:
+    first = subprocess.run([sys.executable, "-c", RECEIVERS_PROGRAM], env=ENV, input="",
+                           capture_output=True, text=True, timeout=60, check=True)
+    fast = first.stdout.split("---\n")[0].splitlines()
+    second = subprocess.run([sys.executable, "-c", RECEIVERS_PROGRAM], env=ENV,
+                            input="\n".join(fast), capture_output=True, text=True, timeout=60,
+                            check=True)
+    slow = second.stdout.split("---\n")[1].splitlines()
+    events = [json.loads(text) for text in fast]
+    assert [(line["event"], line["task_id"]) for line in events] == [
+        ("task_received", events[0]["task_id"]), ("task_started", events[0]["task_id"]),
+        ("task_received", events[2]["task_id"]), ("task_started", events[2]["task_id"]),
+        ("task_succeeded", events[2]["task_id"]), ("task_succeeded", events[0]["task_id"]),
+    ]
+    assert all(isinstance(line["runtime_ms"], float) for line in events[4:])
+    assert len(slow) == len(fast)
+    for fast_text, slow_text in zip(fast, slow, strict=True):
+        # byte for byte, but for the time and the process id of the other interpreter
+        assert fast_text.split('"timestamp"')[0] == slow_text.split('"timestamp"')[0]
+        assert fast_text.rsplit('"pid"')[0].split('"process"')[1] == \
+            slow_text.rsplit('"pid"')[0].split('"process"')[1]

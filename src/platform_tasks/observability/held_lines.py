@@ -70,6 +70,26 @@ class HeldLines:
             out.extend(self._drain())
         return out
 
+    def add(self, fd: int, data: bytes, hold: bool) -> bytes | None:
+        """:meth:`take` for the usual line, in one step: None when ``data`` is held, else the
+        one write to make now (what was held, then ``data``). Empty bytes when this line is
+        not the usual case (another thread or descriptor, or too long to join what is held):
+        the caller then goes through :meth:`take`."""
+        if (fd != self._fd or self._size + len(data) > ATOMIC_WRITE_BYTES
+                or threading.get_ident() != self._owner):
+            return b""
+        # As in take(): a signal handler that logs may run between any two steps here.
+        if hold:
+            self._chunks.append(data)
+            self._size += len(data)
+            return None
+        chunks, self._chunks = self._chunks, []
+        self._size = 0
+        if not chunks:
+            return data
+        chunks.append(data)
+        return b"".join(chunks)
+
     def take_all(self) -> tuple[int, list[bytes]]:
         """The descriptor and the writes for everything held (none when nothing is, or
         when called from another thread than the holding one)."""

@@ -214,8 +214,9 @@ class _LineWriter:
 
     def __init__(self, handler: logging.StreamHandler[TextIO], name: str) -> None:
         self._handler = handler
-        self._fd = _file_descriptor(handler.stream)
-        self._encoding = getattr(handler.stream, "encoding", None) or "utf-8"
+        #: The stream's file descriptor; None for a stream without one.
+        self.fd = _file_descriptor(handler.stream)
+        self.encoding = getattr(handler.stream, "encoding", None) or "utf-8"
         self.name = name
 
     def msg(self, message: str) -> None:
@@ -223,14 +224,14 @@ class _LineWriter:
 
     def write_line(self, message: str, *, hold: bool) -> None:
         """Write ``message`` as one line; with ``hold`` (and holding on) perhaps later."""
-        if self._fd is not None:
-            data = (message + "\n").encode(self._encoding, "backslashreplace")
+        if self.fd is not None:
+            data = (message + "\n").encode(self.encoding, "backslashreplace")
             if len(data) <= _ATOMIC_WRITE_BYTES:
                 if held_lines.HELD.enabled:
-                    for chunk in held_lines.HELD.take(self._fd, data, hold):
-                        self._write(chunk)
+                    for chunk in held_lines.HELD.take(self.fd, data, hold):
+                        self.write_bytes(chunk)
                     return
-                self._write(data)
+                self.write_bytes(data)
                 return
             held_lines.flush()
         self._handler.acquire()
@@ -242,10 +243,11 @@ class _LineWriter:
         finally:
             self._handler.release()
 
-    def _write(self, data: bytes) -> None:
-        assert self._fd is not None
+    def write_bytes(self, data: bytes) -> None:
+        """Write ``data`` (whole lines, at most ``PIPE_BUF`` bytes) to the descriptor."""
+        assert self.fd is not None
         try:
-            written = os.write(self._fd, data)
+            written = os.write(self.fd, data)
         except OSError:
             written = 0
         if written == len(data):
@@ -255,14 +257,14 @@ class _LineWriter:
         self._finish(data[written:])
 
     def _finish(self, rest: bytes) -> None:
-        assert self._fd is not None
+        assert self.fd is not None
         self._handler.acquire()
         try:
             while rest:
-                rest = rest[os.write(self._fd, rest):]
+                rest = rest[os.write(self.fd, rest):]
         except OSError:
             self._handler.handleError(logging.makeLogRecord({"msg": rest.decode(
-                self._encoding, "replace")}))
+                self.encoding, "replace")}))
         finally:
             self._handler.release()
 
@@ -469,27 +471,73 @@ def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
     keys, same order, same bytes: ``fields_first`` when :func:`emit` was given the fields
     themselves (they come before the event), not a bound context.
     ``hold``: the line may wait to share a write with the next one (:mod:`held_lines`).
+    A caller that writes the same event again and again keeps a :class:`SplicedLine`.
     """
-    pipeline = _pipeline
-    if pipeline is None:
-        return False  # not configured: structlog's own defaults, through emit()
-    shape = _SHAPES.get((logger_name, method, event, fields_first))
-    if shape is None or shape.pipeline is not pipeline:
-        shape = _shape(pipeline, logger_name, method, event, fields_first)
-    if shape.level < pipeline.level:
+    line = _SPLICED.get((logger_name, method, event, names, fields_first))
+    if line is None:
+        line = _SPLICED[(logger_name, method, event, names, fields_first)] = SplicedLine(
+            logger_name, method, event, names, fields_first=fields_first)
+    return line.write(encoded, encode_numbers(extra) if extra else "", hold=hold)
+
+
+class SplicedLine:
+    """One event's line spliced from pre-encoded fields (:func:`emit_with_fields`), for a
+    caller that writes it for every task: the line's constant pieces, its writer and its
+    level are looked up once per pipeline, and the usual case (holding on, the line short
+    enough to share a write) is written out in one function. In a worker, where a task's
+    lines run with caches cold, the number of small steps a line takes is most of its cost.
+    """
+
+    __slots__ = ("_allowed", "_event", "_fields_first", "_logger_name", "_method", "_shape")
+
+    def __init__(self, logger_name: str, method: str, event: str, names: frozenset[str], *,
+                 fields_first: bool = False) -> None:
+        self._logger_name = logger_name
+        self._method = method
+        self._event = event
+        self._fields_first = fields_first
+        # The fields of a received line are its own and win over the context; those of the
+        # other lines are the bound identity, which any key code bound would override.
+        self._allowed = names if fields_first else _NOTHING
+        self._shape: _LineShape | None = None
+
+    def write(self, encoded: str, extra: str = "", *, hold: bool = False) -> bool:
+        """Write the line with ``encoded`` fields and ``extra`` (already encoded, as
+        :func:`encode_numbers` makes it; it goes first). False when nothing was written
+        because the line would hold more than that (see :func:`emit_with_fields`)."""
+        pipeline = _pipeline
+        shape = self._shape
+        if shape is None or shape.pipeline is not pipeline:
+            if pipeline is None:
+                return False  # not configured: structlog's own defaults, through emit()
+            shape = self._shape = _shape(pipeline, self._logger_name, self._method,
+                                         self._event, self._fields_first)
+        if shape.level < pipeline.level:
+            return True
+        if not bound_context.bound_by_code_only(self._allowed):
+            return False
+        body = encoded + shape.event_part if self._fields_first else shape.event_part + encoded
+        if extra:
+            body = extra + ", " + body
+        line = "{" + body + shape.tail + _clock.now() + _pid_end
+        writer = shape.writer
+        fd = writer.fd
+        if fd is not None and held_lines.HELD.enabled:
+            data = (line + "\n").encode(writer.encoding, "backslashreplace")
+            out = held_lines.HELD.add(fd, data, hold)
+            if out is None:
+                return True  # held
+            if out:
+                writer.write_bytes(out)
+                return True
+        writer.write_line(line, hold=hold)
         return True
-    # The fields of a received line are its own and win over the context; those of the
-    # other lines are the bound identity, which any key code bound would override.
-    if not bound_context.bound_by_code_only(names if fields_first else _NOTHING):
-        return False
-    body = encoded + shape.event_part if fields_first else shape.event_part + encoded
-    if extra:
-        body = _encode_numbers(extra) + ", " + body
-    shape.writer.write_line("{" + body + shape.tail + _clock.now() + _pid_end, hold=hold)
-    return True
 
 
-def _encode_numbers(extra: dict[str, Any]) -> str:
+_SPLICED: dict[tuple[str, str, str, frozenset[str], bool], SplicedLine] = {}
+
+
+def encode_numbers(extra: dict[str, Any]) -> str:
     """``extra`` encoded as on a line (no braces): finite floats, ints and None directly,
     anything else by the encoder. A task_succeeded line's runtime is the usual one."""
     parts = []
@@ -522,9 +570,6 @@ class _LineShape:
     tail: str
 
 
-_SHAPES: dict[tuple[str, str, str, bool], _LineShape] = {}
-
-
 def _shape(pipeline: _Pipeline, logger_name: str, method: str, event: str,
            fields_first: bool) -> _LineShape:
     encoded_event = _ENCODER.encode(event)
@@ -532,10 +577,8 @@ def _shape(pipeline: _Pipeline, logger_name: str, method: str, event: str,
                   else '"event": ' + encoded_event + ", ")
     tail = (', "level": "' + _LEVEL_OF_METHOD.get(method, method) + '", "logger": '
             + _ENCODER.encode(logger_name) + ', "timestamp": "')
-    shape = _LineShape(pipeline, _LEVELS[method.upper()], pipeline.writers(logger_name),
-                       event_part, tail)
-    _SHAPES[(logger_name, method, event, fields_first)] = shape
-    return shape
+    return _LineShape(pipeline, _LEVELS[method.upper()], pipeline.writers(logger_name),
+                      event_part, tail)
 
 
 #: What follows the timestamp's value: the process name and the pid, encoded once per
