@@ -209,10 +209,13 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         return
     bound_context.clear()
     fields, encoded = _identity(task_id, task)
+    # The spliced line before the bookkeeping: its time is when the task starts (the
+    # general way reads the identity from the context, so it comes after the binding).
+    written = encoded is not None and _STARTED_LINE.write(encoded)
     bound_context.bind_identity(fields)
     if task_id is not None:
         _run.set(_Run(task_id, encoded, _run.get()))
-    if encoded is None or not _STARTED_LINE.write(encoded):
+    if not written:
         emit(_LOGGER, "info", "task_started", {})
 
 
