@@ -19,7 +19,7 @@ import structlog
 from celery import signals
 
 from platform_tasks import headers
-from platform_tasks.observability import bound_context
+from platform_tasks.observability import bound_context, running_request
 from platform_tasks.observability.logging import (
     SplicedLine,
     emit,
@@ -193,14 +193,15 @@ def _forget_received() -> None:
 os.register_at_fork(after_in_child=_forget_received)
 
 
-def _identity(task_id: str | None, task: Any) -> tuple[dict[str, Any], str | None]:
+def _identity(task_id: str | None, task: Any,
+              request: Any) -> tuple[dict[str, Any], str | None]:
     """The task's identity fields and their encoding: those of its task_received line when
     this process logged it (the same message, read a moment ago), else read afresh."""
     kept = _received.pop(task_id, None) if task_id is not None else None
     if (kept is not None and kept[0]["task_name"] == task.name
-            and kept[0]["retries"] == _retries(task.request)):
+            and kept[0]["retries"] == _retries(request)):
         return kept
-    fields = request_fields(task.request, task.name)
+    fields = request_fields(request, task.name)
     return fields, encode_identity(fields)
 
 
@@ -208,7 +209,10 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None:
         return
     bound_context.clear()
-    fields, encoded = _identity(task_id, task)
+    request = task.request
+    if task_id is not None:
+        running_request.remember(task_id, request)
+    fields, encoded = _identity(task_id, task, request)
     # The spliced line before the bookkeeping: its time is when the task starts (the
     # general way reads the identity from the context, so it comes after the binding).
     written = encoded is not None and _STARTED_LINE.write(encoded)

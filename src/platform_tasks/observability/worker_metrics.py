@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from platform_tasks import headers
-from platform_tasks.observability import catalog, metric_buffer
+from platform_tasks.observability import catalog, metric_buffer, running_request
 from platform_tasks.observability.catalog import MetricSpec
 from platform_tasks.observability.multiprocess_dir import ENV_VAR
 
@@ -231,7 +231,7 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     if task is None or task_id is None:
         return
     try:
-        request = task.request
+        request = running_request.of(task_id, task)
         series = _series_of(queue_of(request), str(task.name))
         _running[task_id] = (time.monotonic(), series)
         waited = wait_seconds(request, time.time())
