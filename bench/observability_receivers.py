@@ -32,7 +32,7 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="recei
 
 from celery import signals
 
-from platform_tasks import headers
+from platform_tasks import headers, run_signals
 from platform_tasks.app import create_app
 from platform_tasks.observability import held_lines, task_context, worker_metrics
 from platform_tasks.observability.logging import configure_logging
@@ -43,6 +43,8 @@ SIGNALS = (signals.task_received, signals.task_prerun, signals.task_success,
            signals.task_postrun)
 LOG_RECEIVERS = "platform-tasks-log-"
 METRIC_RECEIVERS = "platform-tasks-metrics-"
+LOG_OBSERVERS = "platform_tasks.observability.task_context"
+METRIC_OBSERVERS = "platform_tasks.observability.worker_metrics"
 
 
 class _Consumer:
@@ -81,6 +83,15 @@ def _without(receivers: list[Any], prefixes: tuple[str, ...]) -> list[Any]:
             if not (isinstance(entry[0][0], str) and entry[0][0].startswith(prefixes))]
 
 
+#: The observers of a run's start, success and end (one receiver per signal calls them).
+RUN_OBSERVERS = (run_signals._at_start, run_signals._at_success, run_signals._at_end)
+
+
+def _observers_without(modules: tuple[str, ...]) -> list[list[Any]]:
+    return [[entry for entry in observers if entry[1].__module__ not in modules]
+            for observers in RUN_OBSERVERS]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,12 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         held_lines.enable()
         consumer = _Consumer()
         full = {signal: list(signal.receivers) for signal in SIGNALS}
+        all_observers = _observers_without(())
         sets = {
-            "all": full,
-            "no lines": {s: _without(full[s], (LOG_RECEIVERS,)) for s in SIGNALS},
-            "no metrics": {s: _without(full[s], (METRIC_RECEIVERS,)) for s in SIGNALS},
-            "neither": {s: _without(full[s], (LOG_RECEIVERS, METRIC_RECEIVERS))
-                        for s in SIGNALS},
+            "all": (full, all_observers),
+            "no lines": ({s: _without(full[s], (LOG_RECEIVERS,)) for s in SIGNALS},
+                         _observers_without((LOG_OBSERVERS,))),
+            "no metrics": ({s: _without(full[s], (METRIC_RECEIVERS,)) for s in SIGNALS},
+                           _observers_without((METRIC_OBSERVERS,))),
+            "neither": ({s: _without(full[s], (LOG_RECEIVERS, METRIC_RECEIVERS))
+                         for s in SIGNALS},
+                        _observers_without((LOG_OBSERVERS, METRIC_OBSERVERS))),
         }
         for _ in range(options.tasks_per_batch * 4):
             _run_one(task, consumer)
@@ -113,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         for batch in range(options.batches):
             names = list(sets) if batch % 2 == 0 else list(reversed(sets))
             for name in names:
+                receivers, observers = sets[name]
                 for signal in SIGNALS:
-                    signal.receivers[:] = sets[name][signal]
+                    signal.receivers[:] = receivers[signal]
+                for registered, chosen in zip(RUN_OBSERVERS, observers, strict=True):
+                    registered[:] = chosen
                 started = time.perf_counter()
                 for _ in range(options.tasks_per_batch):
                     _run_one(task, consumer)
@@ -122,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                 timings[name].append(elapsed / options.tasks_per_batch * 1e6)
         for signal in SIGNALS:
             signal.receivers[:] = full[signal]
+        for registered, chosen in zip(RUN_OBSERVERS, all_observers, strict=True):
+            registered[:] = chosen
     medians = {name: statistics.median(values) for name, values in timings.items()}
     print(f"{'receivers':<12} {'µs per task (median of batches)':>32}")
     for name, value in medians.items():

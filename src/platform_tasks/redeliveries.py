@@ -68,8 +68,7 @@ def over_cap(runs: int, max_redeliveries: int) -> bool:
     return runs >= max_redeliveries
 
 
-def _on_prerun(task: Any = None, **_: Any) -> None:
-    request = getattr(task, "request", None)
+def _on_prerun(task_id: str | None, task: Any, request: Any) -> None:
     delivery_info = getattr(request, "delivery_info", None) or {}
     settings = _settings
     if settings is None or not delivery_info.get("redelivered"):
@@ -90,9 +89,8 @@ def _on_prerun(task: Any = None, **_: Any) -> None:
 
 def install(settings: Settings) -> None:
     """Count the starts of redelivered messages in this worker and its pool processes."""
-    from celery import signals
+    from platform_tasks import run_signals
 
     global _settings
     _settings = settings
-    signals.task_prerun.connect(_on_prerun, weak=False,
-                                dispatch_uid="platform-tasks-redelivered-runs")
+    run_signals.observe(run_signals.Stage.REDELIVERIES, start=_on_prerun)

@@ -28,7 +28,8 @@ from typing import Any
 
 from billiard.exceptions import TimeLimitExceeded
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import task_postrun, task_prerun
+
+from platform_tasks import run_signals
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
     os._exit(EXIT_STATUS)
 
 
-def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    if task is None or task_id is None:
+def _on_prerun(task_id: str | None, task: Any, request: Any) -> None:
+    if task_id is None:
         return
     soft, hard = limits_of(task)
     if not soft and not hard:
@@ -103,7 +104,7 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         _arm(hard, "hard")
 
 
-def _on_postrun(**_: Any) -> None:
+def _on_postrun(task_id: str | None, task: Any, state: str | None) -> None:
     if _armed.task_id is not None:
         _disarm()
 
@@ -111,6 +112,4 @@ def _on_postrun(**_: Any) -> None:
 def install() -> None:
     """Enforce time limits in this (solo pool) worker process; call from its main thread."""
     signal.signal(signal.SIGALRM, _on_alarm)
-    task_prerun.connect(_on_prerun, weak=False, dispatch_uid="platform-tasks-solo-limits-arm")
-    task_postrun.connect(_on_postrun, weak=False,
-                         dispatch_uid="platform-tasks-solo-limits-disarm")
+    run_signals.observe(run_signals.Stage.TIME_LIMITS, start=_on_prerun, end=_on_postrun)

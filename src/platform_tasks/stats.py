@@ -20,7 +20,7 @@ from typing import Any, Literal
 import redis
 from celery import signals
 
-from platform_tasks import keys
+from platform_tasks import keys, run_signals
 from platform_tasks.settings import Settings
 from platform_tasks.tasks._redis import client_for
 
@@ -200,28 +200,24 @@ def _on_shutdown(**_: Any) -> None:
     flush()
 
 
-def _on_prerun(task_id: str | None = None, **_: Any) -> None:
+def _on_prerun(task_id: str | None, task: Any, request: Any) -> None:
     if task_id:
         with _started_lock:
             _started[task_id] = time.monotonic()
 
 
-def _on_postrun(task_id: str | None = None, **_: Any) -> None:
+def _on_postrun(task_id: str | None, task: Any, state: str | None) -> None:
     if task_id:
         with _started_lock:
             _started.pop(task_id, None)
 
 
-def _on_success(sender: Any = None, **_: Any) -> None:
-    try:
-        task_id = sender.request.id
-        with _started_lock:
-            start = _started.get(task_id) if task_id else None
-        runtime_ms = round((time.monotonic() - start) * 1000) if start is not None else None
-    except Exception:
-        runtime_ms = None
+def _on_success(task_id: str | None, task: Any, request: Any) -> None:
+    with _started_lock:
+        start = _started.get(task_id) if task_id else None
+    runtime_ms = round((time.monotonic() - start) * 1000) if start is not None else None
     # A success without a start time (no prerun seen) still counts, with no runtime.
-    _safely_record(sender, "succeeded", runtime_ms)
+    _safely_record(task, "succeeded", runtime_ms)
 
 
 def _on_failure(sender: Any = None, **_: Any) -> None:
@@ -234,13 +230,8 @@ def _on_retry(sender: Any = None, **_: Any) -> None:
 
 def connect_signals() -> None:
     """Start counting outcomes in this process; calling it again changes nothing."""
-    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="platform-tasks-stats-pre")
-    signals.task_postrun.connect(
-        _on_postrun, weak=False, dispatch_uid="platform-tasks-stats-post"
-    )
-    signals.task_success.connect(
-        _on_success, weak=False, dispatch_uid="platform-tasks-stats-success"
-    )
+    run_signals.observe(run_signals.Stage.STATS, start=_on_prerun, success=_on_success,
+                        end=_on_postrun)
     signals.task_failure.connect(
         _on_failure, weak=False, dispatch_uid="platform-tasks-stats-failure"
     )
@@ -256,10 +247,8 @@ def connect_signals() -> None:
 
 def disconnect_signals() -> None:
     """Stop counting (tests that connect the handlers undo it with this)."""
+    run_signals.forget(_on_prerun, _on_success, _on_postrun)
     for signal, uid in (
-        (signals.task_prerun, "platform-tasks-stats-pre"),
-        (signals.task_postrun, "platform-tasks-stats-post"),
-        (signals.task_success, "platform-tasks-stats-success"),
         (signals.task_failure, "platform-tasks-stats-failure"),
         (signals.task_retry, "platform-tasks-stats-retry"),
         (signals.worker_process_shutdown, "platform-tasks-stats-child-exit"),

@@ -17,31 +17,35 @@ def running_task() -> SimpleNamespace:
     return SimpleNamespace(name=TASK, request=request)
 
 
+def start(task_id: str, task: SimpleNamespace) -> None:
+    worker_metrics._prerun(task_id, task, task.request)
+
+
 def in_flight() -> float | None:
     return REGISTRY.get_sample_value(TASKS_IN_FLIGHT.name, {"queue": "default", "task": TASK})
 
 
 def test_the_gauge_follows_starts_and_ends_at_each_flush() -> None:
-    hooked = worker_metrics._write_in_flight in metric_buffer._flush_hooks
-    metric_buffer.before_each_flush(worker_metrics._write_in_flight)
+    hooked = worker_metrics._observe_runs in metric_buffer._flush_hooks
+    metric_buffer.before_each_flush(worker_metrics._observe_runs)
     try:
         _starts_and_ends()
     finally:
         if not hooked:
-            metric_buffer._flush_hooks.remove(worker_metrics._write_in_flight)
+            metric_buffer._flush_hooks.remove(worker_metrics._observe_runs)
 
 
 def _starts_and_ends() -> None:
-    worker_metrics._prerun(task_id="a", task=running_task())
-    worker_metrics._prerun(task_id="b", task=running_task())
+    start("a", running_task())
+    start("b", running_task())
     metric_buffer.flush()
     assert in_flight() == 2.0
 
-    worker_metrics._postrun(task_id="a", state="SUCCESS")
+    worker_metrics._postrun("a", None, "SUCCESS")
     metric_buffer.flush()
     assert in_flight() == 1.0
 
-    worker_metrics._postrun(task_id="b", state="FAILURE")
-    worker_metrics._postrun(task_id="b", state="FAILURE")  # a second end changes nothing
+    worker_metrics._postrun("b", None, "FAILURE")
+    worker_metrics._postrun("b", None, "FAILURE")  # a second end changes nothing
     metric_buffer.flush()
     assert in_flight() == 0.0

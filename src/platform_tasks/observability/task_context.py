@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 from celery import signals
 
-from platform_tasks import headers
-from platform_tasks.observability import bound_context, running_request
+from platform_tasks import headers, run_signals
+from platform_tasks.observability import bound_context
 from platform_tasks.observability.logging import (
     SplicedLine,
     emit,
@@ -205,13 +205,8 @@ def _identity(task_id: str | None, task: Any,
     return fields, encode_identity(fields)
 
 
-def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    if task is None:
-        return
+def _on_prerun(task_id: str | None, task: Any, request: Any) -> None:
     bound_context.clear()
-    request = task.request
-    if task_id is not None:
-        running_request.remember(task_id, request)
     fields, encoded = _identity(task_id, task, request)
     # The spliced line before the bookkeeping: its time is when the task starts (the
     # general way reads the identity from the context, so it comes after the binding).
@@ -223,7 +218,7 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         emit(_LOGGER, "info", "task_started", {})
 
 
-def _on_postrun(task_id: str | None = None, **_: Any) -> None:
+def _on_postrun(task_id: str | None, task: Any, state: str | None) -> None:
     run = _run.get()
     if run is not None and run.task_id == task_id:
         _run.set(run.outer)
@@ -239,7 +234,7 @@ def _runtime_ms(run: _Run) -> float:
     return round((time.monotonic() - run.started) * 1000, 3)
 
 
-def _on_success(**_: Any) -> None:
+def _on_success(task_id: str | None, task: Any, request: Any) -> None:
     # task_success is sent on the thread that ran the task, between its task_prerun and
     # task_postrun: the current run is that task's (an eager task inside it has ended).
     run = _run.get()
@@ -338,9 +333,6 @@ def _on_revoked(
 
 _RECEIVERS: tuple[tuple[Any, Any], ...] = (
     (signals.task_received, _on_received),
-    (signals.task_prerun, _on_prerun),
-    (signals.task_postrun, _on_postrun),
-    (signals.task_success, _on_success),
     (signals.task_retry, _on_retry),
     (signals.task_failure, _on_failure),
     (signals.task_rejected, _on_rejected),
@@ -351,6 +343,8 @@ _RECEIVERS: tuple[tuple[Any, Any], ...] = (
 
 def install() -> None:
     """Connect the receivers; once per process, safe to call again."""
+    run_signals.observe(run_signals.Stage.LINES, start=_on_prerun, success=_on_success,
+                        end=_on_postrun)
     for signal, receiver in _RECEIVERS:
         signal.connect(
             receiver, weak=False, dispatch_uid=f"platform-tasks-log-{receiver.__name__}"
