@@ -26,13 +26,13 @@ def in_flight() -> float | None:
 
 
 def test_the_gauge_follows_starts_and_ends_at_each_flush() -> None:
-    hooked = worker_metrics._observe_runs in metric_buffer._flush_hooks
-    metric_buffer.before_each_flush(worker_metrics._observe_runs)
+    hooked = worker_metrics._write_in_flight in metric_buffer._flush_hooks
+    metric_buffer.before_each_flush(worker_metrics._write_in_flight)
     try:
         _starts_and_ends()
     finally:
         if not hooked:
-            metric_buffer._flush_hooks.remove(worker_metrics._observe_runs)
+            metric_buffer._flush_hooks.remove(worker_metrics._write_in_flight)
 
 
 def _starts_and_ends() -> None:

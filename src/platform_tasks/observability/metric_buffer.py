@@ -122,27 +122,17 @@ def before_each_flush(hook: Callable[[], None]) -> None:
 
 
 def flush() -> None:
-    """Write every pending sum now (the flusher does it once a second, and at exit).
-
-    The hooks go first, and the buffers are listed after them: a hook may record into a
-    buffer it has just made (the first run of a task name observed at a flush).
-    """
-    for hook in list(_flush_hooks):
-        _safely(hook)
+    """Write every pending sum now (the flusher does it once a second, and at exit)."""
     with _buffers_lock:
         buffers = list(_buffers)
-    for buffer in buffers:
-        _safely(buffer.flush)
+    for work in [*_flush_hooks, *(buffer.flush for buffer in buffers)]:
+        try:
+            work()
+        except Exception:  # a metric must never break the worker; the next flush retries
+            import logging
 
-
-def _safely(work: Callable[[], None]) -> None:
-    try:
-        work()
-    except Exception:  # a metric must never break the worker; the next flush retries
-        import logging
-
-        logging.getLogger(__name__).warning("could not write buffered metrics",
-                                            exc_info=True)
+            logging.getLogger(__name__).warning("could not write buffered metrics",
+                                                exc_info=True)
 
 
 def _run() -> None:
@@ -156,13 +146,6 @@ def _ensure_flusher() -> None:
         return
     _flusher_pid = os.getpid()
     threading.Thread(target=_run, name="platform-tasks-metrics-flush", daemon=True).start()
-
-
-def ensure_flusher() -> None:
-    """Start this process's flusher if it has none: for flush hooks that record what
-    per-task code only noted (a process whose first metric update happens at a flush)."""
-    if _flusher_pid is None:  # cheaper than the pid check; set to None in a forked child
-        _ensure_flusher()
 
 
 def _after_fork_in_child() -> None:

@@ -11,7 +11,6 @@ its own errors.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import glob
 import logging
@@ -73,12 +72,9 @@ worker_start_time = Gauge(
 
 _OUTCOME_BY_STATE = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried"}
 
-# task id -> its run, for runtime, wait and the in-flight gauge. One dict operation per
-# access (atomic under the GIL): thread pools need no lock around it.
-_running: dict[str, _Run] = {}
-#: Runs that ended since the last flush, in the order they ended (appended and taken one by
-#: one: a deque's append and popleft are atomic, so the task threads need no lock either).
-_ended: collections.deque[_Run] = collections.deque()
+# task id -> (monotonic start, its series), for runtime and the in-flight gauge. One dict
+# operation per access (atomic under the GIL): thread pools need no lock around it.
+_running: dict[str, tuple[float, _TaskSeries]] = {}
 
 #: The queue this worker consumes, set once at start: the label for worker-wide series.
 _worker_queue: str = UNKNOWN
@@ -193,92 +189,35 @@ def _series_of(queue: str, name: str) -> _TaskSeries:
     return series
 
 
-class _Run:
-    """A task run as its metrics see it. The task's thread only notes its start and end
-    (a step each); the flusher works out its series, wait and runtime once a second, in one
-    warm loop over every run of that second. Observed where the task ran, each was about
-    ten microseconds of a task's path with its caches cold."""
+def _write_in_flight() -> None:
+    """Set each series' in-flight gauge to the number of its tasks running now.
 
-    __slots__ = ("_series", "ended", "name", "request", "started", "state", "wait_observed",
-                 "wall_started")
-
-    def __init__(self, request: Any, name: str) -> None:
-        self.started = time.monotonic()
-        self.wall_started = time.time()
-        self.request = request
-        self.name = name
-        self.ended: float | None = None
-        self.state: str | None = None
-        #: Set by the flusher only (under _runs_lock): a long task's wait is observed at
-        #: the first flush after its start, not when it ends.
-        self.wait_observed = False
-        self._series: _TaskSeries | None = None
-
-    def series(self) -> _TaskSeries:
-        if self._series is None:
-            self._series = _series_of(queue_of(self.request), str(self.name))
-        return self._series
-
-    def observe_wait(self) -> None:
-        self.wait_observed = True
-        waited = wait_seconds(self.request, self.wall_started)
-        if waited is not None:
-            self.series().wait.observe(waited)
-
-
-def _observe_runs() -> None:
-    """Observe the waits of the runs started and the runtimes of the runs ended since the
-    last flush, then set each series' in-flight gauge to the number of its tasks running.
-
-    Called by the buffer's flusher once a second, first of its work (and by a shutdown's
-    flush): counting the running tasks then costs nothing per task, where an increment and
-    a decrement per run did.
+    Called by the buffer's flusher once a second: counting the running tasks then costs
+    nothing per task, where an increment and a decrement per run did.
     """
     # The flusher thread and a shutdown's flush on the main thread may both get here.
-    with _runs_lock:
-        while _ended:
-            run = _ended.popleft()
-            try:
-                if not run.wait_observed:
-                    run.observe_wait()
-                run.series().runtime(run.state).observe(
-                    (run.ended or run.started) - run.started)
-            except Exception:
-                logger.warning("could not record a task run in the metrics", exc_info=True)
+    with _in_flight_lock:
         # One C-level copy, atomic under the GIL: the running dict changes on other threads.
-        started = list(_running.values())
-        for run in started:
-            if not run.wait_observed:
-                try:
-                    run.observe_wait()
-                except Exception:
-                    logger.warning("could not record a task's wait in the metrics",
-                                   exc_info=True)
-        _write_in_flight([run.series() for run in started])
+        running = [series for _started, series in list(_running.values())]
+        counts: dict[_TaskSeries, int] = {}
+        for series in running:
+            counts[series] = counts.get(series, 0) + 1
+        for series in list(_series.values()):
+            count = counts.get(series, 0)
+            if count != series.written_in_flight:
+                series.in_flight.set(count)
+                series.written_in_flight = count
 
 
-def _write_in_flight(running: list[_TaskSeries]) -> None:
-    """Set each series' in-flight gauge to the number of ``running`` that are its."""
-    counts: dict[_TaskSeries, int] = {}
-    for series in running:
-        counts[series] = counts.get(series, 0) + 1
-    for series in list(_series.values()):
-        count = counts.get(series, 0)
-        if count != series.written_in_flight:
-            series.in_flight.set(count)
-            series.written_in_flight = count
-
-
-_runs_lock = threading.Lock()
+_in_flight_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
     # A forked process starts its own gauge file at zero and runs none of its parent's tasks;
     # the parent's flusher may have held the lock at the fork, and no thread here releases it.
-    global _runs_lock
-    _runs_lock = threading.Lock()
+    global _in_flight_lock
+    _in_flight_lock = threading.Lock()
     _running.clear()
-    _ended.clear()
     for series in list(_series.values()):
         series.written_in_flight = 0
 
@@ -292,8 +231,11 @@ def _prerun(task_id: str | None, task: Any, request: Any) -> None:
     if task_id is None:
         return
     try:
-        _running[task_id] = _Run(request, task.name)
-        metric_buffer.ensure_flusher()
+        series = _series_of(queue_of(request), str(task.name))
+        _running[task_id] = (time.monotonic(), series)
+        waited = wait_seconds(request, time.time())
+        if waited is not None:
+            series.wait.observe(waited)
     except Exception:
         logger.warning("could not record a task start in the metrics", exc_info=True)
 
@@ -301,11 +243,14 @@ def _prerun(task_id: str | None, task: Any, request: Any) -> None:
 def _postrun(task_id: str | None, task: Any, state: str | None) -> None:
     if task_id is None:
         return
-    run = _running.pop(task_id, None)
-    if run is not None:
-        run.ended = time.monotonic()
-        run.state = state
-        _ended.append(run)
+    try:
+        running = _running.pop(task_id, None)
+        if running is None:
+            return
+        started, series = running
+        series.runtime(state).observe(time.monotonic() - started)
+    except Exception:
+        logger.warning("could not record a task end in the metrics", exc_info=True)
 
 
 def _retry(request: Any = None, reason: Any = None, sender: Any = None, **_: Any) -> None:
@@ -392,7 +337,7 @@ def connect_signals() -> None:
     for signal, handler in _RECEIVERS:
         signal.connect(_guard(handler.__name__, handler), weak=False,
                        dispatch_uid=f"platform-tasks-metrics-{handler.__name__}")
-    metric_buffer.before_each_flush(_observe_runs)
+    metric_buffer.before_each_flush(_write_in_flight)
 
 
 def disconnect_signals() -> None:
