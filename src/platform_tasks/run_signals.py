@@ -31,7 +31,7 @@ class Stage(IntEnum):
     LINES = 0
     STATS = 1
     REDELIVERIES = 2
-    #: The solo pool's timer, armed last before the task's body.
+    #: The solo pool's timer: armed after everything but the metrics' few microseconds.
     TIME_LIMITS = 3
     METRICS = 4
 
@@ -93,10 +93,14 @@ def _on_success(sender: Any = None, **_: Any) -> None:
 
 def _on_postrun(task_id: str | None = None, task: Any = None, state: str | None = None,
                 **_: Any) -> None:
-    running = _running.get()
-    if running is not None and running.task_id == task_id:
-        _running.set(running.outer)
-    _call(_at_end, "task_postrun", task_id, task, state)
+    try:
+        running = _running.get()
+        if running is not None and running.task_id == task_id:
+            _running.set(running.outer)
+    finally:
+        # Whatever interrupts the bookkeeping (a time limit's signal), the observers still
+        # see the task end: the solo pool's timer is disarmed there.
+        _call(_at_end, "task_postrun", task_id, task, state)
 
 
 def _add(observers: list[tuple[Stage, Any]], stage: Stage, observer: Any) -> None:

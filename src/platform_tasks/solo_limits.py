@@ -52,9 +52,10 @@ class _Armed:
 _armed = _Armed()
 
 
-def limits_of(task: Any) -> tuple[float, float]:
-    """(soft, hard) seconds for the running request: its message's, else the task's; 0 = none."""
-    hard, soft = (getattr(task.request, "timelimit", None) or (None, None))
+def limits_of(task: Any, request: Any) -> tuple[float, float]:
+    """(soft, hard) seconds for the running ``request`` of ``task``: its message's, else the
+    task's; 0 = none."""
+    hard, soft = (getattr(request, "timelimit", None) or (None, None))
     hard = hard or getattr(task, "time_limit", None) or 0
     soft = soft or getattr(task, "soft_time_limit", None) or 0
     return float(soft), float(hard)
@@ -93,7 +94,7 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
 def _on_prerun(task_id: str | None, task: Any, request: Any) -> None:
     if task_id is None:
         return
-    soft, hard = limits_of(task)
+    soft, hard = limits_of(task, request)
     if not soft and not hard:
         return
     _armed.task_id, _armed.task_name = task_id, str(getattr(task, "name", ""))

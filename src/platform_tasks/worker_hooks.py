@@ -74,10 +74,8 @@ def _load_revoked(sender: Any = None, **_: Any) -> None:
 def install(app: PlatformCelery) -> None:
     """Connect the worker's start-up hooks; called once by the ``worker`` command."""
     worker_ready.connect(_load_revoked, weak=False, dispatch_uid="platform-tasks-revoked")
-    # The lifecycle lines first: Celery calls receivers in the order they were connected,
-    # and a task's task_started line is its start as the platform measures latency.
-    task_context.install()
     stats.connect_signals()
+    task_context.install()
     dead_letters.install(app.settings)
     redeliveries.install(app.settings)
     app.conf.worker_consumer = f"{__name__}:Consumer"

@@ -22,7 +22,7 @@ SETUP = textwrap.dedent(
     """
     import logging, os, sys
     from platform_tasks.observability import held_lines
-    from platform_tasks.observability.logging import configure_logging, emit_with_fields
+    from platform_tasks.observability.logging import SplicedLine, configure_logging
     from platform_tasks.settings import load_settings
 
     out = open(sys.argv[1], "w")
@@ -31,8 +31,8 @@ SETUP = textwrap.dedent(
     fd = out.fileno()
 
     def line(event, hold):
-        assert emit_with_fields("platform_tasks.task", "info", event, '"task_id": "t"',
-                                frozenset({"task_id"}), hold=hold)
+        assert SplicedLine("platform_tasks.task", "info", event,
+                           frozenset({"task_id"})).write('"task_id": "t"', hold=hold)
 
     def size():
         return os.fstat(fd).st_size

@@ -18,8 +18,8 @@ PROGRAM = textwrap.dedent(
     import structlog
     from platform_tasks.observability import bound_context
     from platform_tasks.observability.logging import (
-        configure_logging, emit, emit_with_fields, encode_fields)
-    from platform_tasks.observability.task_context import _FIELD_NAMES
+        SplicedLine, configure_logging, emit, encode_fields)
+    from platform_tasks.observability.task_context import _FIELD_NAMES, runtime_field
     from platform_tasks.settings import load_settings
 
     configure_logging(load_settings(), process="worker")
@@ -30,23 +30,23 @@ PROGRAM = textwrap.dedent(
                 "correlation_id": "order for ann@example.com", "parent_id": None,
                 "root_id": "r-1"}
 
+    def line(event, fields_first=False):
+        return SplicedLine("platform_tasks.task", "info", event, _FIELD_NAMES,
+                           fields_first=fields_first)
+
     # received: the fields themselves, before the event
     emit("platform_tasks.task", "info", "task_received", identity())
-    assert emit_with_fields("platform_tasks.task", "info", "task_received",
-                            encode_fields(identity()), _FIELD_NAMES, fields_first=True)
+    assert line("task_received", fields_first=True).write(encode_fields(identity()))
     # started / succeeded: the identity bound in the context, as task_prerun binds it
     bound_context.bind_identity(identity())
     encoded = encode_fields(identity())
     emit("platform_tasks.task", "info", "task_started", {})
-    assert emit_with_fields("platform_tasks.task", "info", "task_started", encoded,
-                            _FIELD_NAMES)
+    assert line("task_started").write(encoded)
     emit("platform_tasks.task", "info", "task_succeeded", {"runtime_ms": 1.5})
-    assert emit_with_fields("platform_tasks.task", "info", "task_succeeded", encoded,
-                            _FIELD_NAMES, {"runtime_ms": 1.5})
+    assert line("task_succeeded").write(encoded, runtime_field(1.5))
     # a task that bound a field of its own: no shortcut, the caller logs the long way
     structlog.contextvars.bind_contextvars(order="o-7")
-    assert not emit_with_fields("platform_tasks.task", "info", "task_succeeded", encoded,
-                                _FIELD_NAMES, {"runtime_ms": 1.5})
+    assert not line("task_succeeded").write(encoded, runtime_field(1.5))
     structlog.get_logger("platform_tasks.tasks").info("charged")
     bound_context.clear()
     structlog.get_logger("platform_tasks.tasks").info("after the task")
@@ -116,13 +116,12 @@ def test_other_values_are_left_to_the_general_way() -> None:
         assert _encode_plain_fields(Redactor(), {}, {"correlation_id": value}) is None
 
 
-def test_numbers_on_a_line_encode_as_json_would() -> None:
-    from platform_tasks.observability.logging import _encode_flat, encode_numbers
+def test_a_runtime_on_a_line_encodes_as_json_would() -> None:
+    from platform_tasks.observability.logging import _encode_flat
+    from platform_tasks.observability.task_context import runtime_field
 
-    for value in (0.0, 1.5, -2.25, 1e-7, 123456789.123, 1e300, 3, 0, None, True,
-                  float("nan"), float("inf"), float("-inf"), "text"):
-        extra = {"runtime_ms": value, "other": 2}
-        assert encode_numbers(extra) == _encode_flat(extra)[1:-1]
+    for value in (0.0, 1.5, 0.001, 2.25, 1e-7, 123456789.123, 1e300, round(1 / 3, 3)):
+        assert runtime_field(value) == _encode_flat({"runtime_ms": value})[1:-1]
 
 
 CONTEXT_PROGRAM = textwrap.dedent(
@@ -133,7 +132,7 @@ CONTEXT_PROGRAM = textwrap.dedent(
     import structlog
     from platform_tasks.observability import bound_context
     from platform_tasks.observability.logging import (
-        configure_logging, emit_with_fields, encode_fields)
+        SplicedLine, configure_logging, encode_fields)
     from platform_tasks.observability.task_context import _FIELD_NAMES
     from platform_tasks.settings import load_settings
 
@@ -148,8 +147,8 @@ CONTEXT_PROGRAM = textwrap.dedent(
     logging.getLogger("platform_tasks.tasks").warning("stdlib inside")
     # code that binds an identity key overrides it, so no pre-encoded line may be written
     structlog.contextvars.bind_contextvars(queue="overridden")
-    assert not emit_with_fields("platform_tasks.task", "info", "task_succeeded",
-                                encode_fields(identity("a-1")), _FIELD_NAMES)
+    assert not SplicedLine("platform_tasks.task", "info", "task_succeeded",
+                           _FIELD_NAMES).write(encode_fields(identity("a-1")))
     structlog.get_logger("platform_tasks.tasks").info("bound over")
     bound_context.clear()
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 PROGRAM = textwrap.dedent(
     """
     import logging, sys
@@ -77,6 +79,31 @@ def test_console_format_and_level_come_from_the_settings() -> None:
     assert "hello" in out
     assert "below the level" in out
     assert "Pa55word" not in out
+
+
+def test_a_clock_interrupted_at_a_new_second_does_not_stamp_the_old_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A signal handler (the solo pool's time limit) may raise inside the clock at the moment
+    # it formats a new second; the next line must still get the right second.
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from platform_tasks.observability import logging as platform_logging
+
+    clock = platform_logging._UtcClock()
+    clock.now()
+    clock._second -= 60  # as if the last line was a minute ago
+    clock._prefix = "2000-01-01T00:00:00."
+
+    def interrupted(seconds: float | None = None) -> time.struct_time:
+        raise RuntimeError("a time limit, inside the clock")
+
+    monkeypatch.setattr(platform_logging.time, "gmtime", interrupted)
+    with pytest.raises(RuntimeError):
+        clock.now()
+    monkeypatch.undo()
+    stamp = datetime.fromisoformat(clock.now().replace("Z", "+00:00"))
+    assert abs(stamp - datetime.now(UTC)) < timedelta(seconds=1)
 
 
 def test_line_timestamps_are_utc_iso_8601_with_microseconds() -> None:

@@ -111,9 +111,13 @@ class _UtcClock:
         # Integer microseconds since the epoch: their last six digits are the fraction,
         # zero-padded already (half the cost of formatting a float).
         micros = time.time_ns() // 1000
-        if micros // 1_000_000 != self._second:
-            self._second = micros // 1_000_000
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(self._second))
+        second = micros // 1_000_000
+        if second != self._second:
+            # The prefix before the second, each in one store: a signal handler or another
+            # thread may log between any two steps here, and must not pair a new second
+            # with an old prefix.
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+            self._second = second
         return self._prefix + str(micros)[-6:] + "Z"
 
 
@@ -341,7 +345,7 @@ def emit(logger_name: str, method: str, event: str, fields: dict[str, Any]) -> N
 
 def encode_fields(fields: dict[str, Any]) -> str | None:
     """``fields`` redacted and JSON-encoded as they appear inside a line (no braces), for
-    :func:`emit_with_fields`; None when lines are not JSON (the console renderer).
+    :class:`SplicedLine`; None when lines are not JSON (the console renderer).
 
     A task's identity goes on each of its lifecycle lines: redacting and encoding it once per
     task instead of once per line is most of what those lines cost. ``fields`` is consumed.
@@ -459,34 +463,22 @@ def _encode_plain_fields(redactor: Redactor, fragments: dict[tuple[str, str], st
 _NOTHING: frozenset[str] = frozenset()
 
 
-def emit_with_fields(logger_name: str, method: str, event: str, encoded: str,
-                     names: frozenset[str], extra: dict[str, Any] | None = None, *,
-                     fields_first: bool = False, hold: bool = False) -> bool:
-    """Write the line :func:`emit` would write for ``event`` with the fields that
-    :func:`encode_fields` turned into ``encoded`` (``names``: their keys), plus ``extra``
-    (numbers and other values needing no redaction), bound context included.
+class SplicedLine:
+    """One event's line written from fields :func:`encode_fields` encoded once (a task's
+    identity, on each of its lifecycle lines), plus ``extra`` encoded by the caller, bound
+    context included: the bytes :func:`emit` writes for the same event and fields.
 
     Only when that is all the line would hold: if code bound anything else in the context
     (the task bound its own fields; for a line whose fields are the bound identity, anything
-    at all), nothing is written and False returned, so the caller takes :func:`emit`. Same
-    keys, same order, same bytes: ``fields_first`` when :func:`emit` was given the fields
-    themselves (they come before the event), not a bound context.
-    ``hold``: the line may wait to share a write with the next one (:mod:`held_lines`).
-    A caller that writes the same event again and again keeps a :class:`SplicedLine`.
-    """
-    line = _SPLICED.get((logger_name, method, event, names, fields_first))
-    if line is None:
-        line = _SPLICED[(logger_name, method, event, names, fields_first)] = SplicedLine(
-            logger_name, method, event, names, fields_first=fields_first)
-    return line.write(encoded, encode_numbers(extra) if extra else "", hold=hold)
+    at all), nothing is written and :meth:`write` returns False, so the caller takes
+    :func:`emit`. Same keys, same order, same bytes: ``fields_first`` when :func:`emit` is
+    given the fields themselves (they come before the event), not a bound context.
 
-
-class SplicedLine:
-    """One event's line spliced from pre-encoded fields (:func:`emit_with_fields`), for a
-    caller that writes it for every task: the line's constant pieces, its writer and its
-    level are looked up once per pipeline, and the usual case (holding on, the line short
-    enough to share a write) is written out in one function. In a worker, where a task's
-    lines run with caches cold, the number of small steps a line takes is most of its cost.
+    Kept by its caller, which writes it for every task: the line's constant pieces, its
+    writer and its level are looked up once per pipeline, and the usual case (holding on,
+    the line short enough to share a write) is written out in one function. In a worker,
+    where a task's lines run with caches cold, the number of small steps a line takes is
+    most of its cost.
     """
 
     __slots__ = ("_allowed", "_event", "_fields_first", "_logger_name", "_method", "_shape")
@@ -503,9 +495,10 @@ class SplicedLine:
         self._shape: _LineShape | None = None
 
     def write(self, encoded: str, extra: str = "", *, hold: bool = False) -> bool:
-        """Write the line with ``encoded`` fields and ``extra`` (already encoded, as
-        :func:`encode_numbers` makes it; it goes first). False when nothing was written
-        because the line would hold more than that (see :func:`emit_with_fields`)."""
+        """Write the line with ``encoded`` fields and ``extra`` (fields already encoded as
+        JSON writes them, without braces; they go first). ``hold``: the line may wait to
+        share a write with the next one (:mod:`held_lines`). False when nothing was written
+        because the line would hold more than that."""
         pipeline = _pipeline
         shape = self._shape
         if shape is None or shape.pipeline is not pipeline:
@@ -536,26 +529,6 @@ class SplicedLine:
                 return True
         writer.write_line(text[:-1], hold=hold)
         return True
-
-
-_SPLICED: dict[tuple[str, str, str, frozenset[str], bool], SplicedLine] = {}
-
-
-def encode_numbers(extra: dict[str, Any]) -> str:
-    """``extra`` encoded as on a line (no braces): finite floats, ints and None directly,
-    anything else by the encoder. A task_succeeded line's runtime is the usual one."""
-    parts = []
-    for key, value in extra.items():
-        kind = type(value)
-        if kind is float and value - value == 0.0:  # finite: json writes float's repr
-            parts.append(_encoded_key(key) + float.__repr__(value))
-        elif kind is int:
-            parts.append(_encoded_key(key) + int.__repr__(value))
-        elif value is None:
-            parts.append(_encoded_key(key) + "null")
-        else:
-            return _encode_flat(extra)[1:-1]
-    return ", ".join(parts)
 
 
 #: The JSON encoder of :data:`_ENCODER`, made once (it encodes flat dicts of plain values).

@@ -237,19 +237,20 @@ def _runtime_ms(run: _Run) -> float:
 def _on_success(task_id: str | None, task: Any, request: Any) -> None:
     # task_success is sent on the thread that ran the task, between its task_prerun and
     # task_postrun: the current run is that task's (an eager task inside it has ended).
-    run = _run.get()
+    run = _current_run(task_id)
     if run is None:
         emit(_LOGGER, "info", "task_succeeded", {"runtime_ms": None})
         return
     runtime_ms = _runtime_ms(run)
-    # Held: it goes out with the next task's lines, or when the consumer loop turns. The
-    # runtime is written as encode_numbers writes a float.
+    # Held: it goes out with the next task's lines, or when the consumer loop turns.
     if run.encoded is None or not _SUCCEEDED_LINE.write(
-            run.encoded, _RUNTIME_KEY + float.__repr__(runtime_ms), hold=True):
+            run.encoded, runtime_field(runtime_ms), hold=True):
         emit(_LOGGER, "info", "task_succeeded", {"runtime_ms": runtime_ms})
 
 
-_RUNTIME_KEY = '"runtime_ms": '
+def runtime_field(runtime_ms: float) -> str:
+    """The runtime as the JSON encoder writes it on a line (a finite float: its repr)."""
+    return '"runtime_ms": ' + float.__repr__(runtime_ms)
 
 
 def _on_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
