@@ -33,10 +33,6 @@ RUNTIME_FIELD = "runtime_ms"
 STATS_TTL_SECONDS = 8 * 24 * 3600
 _SEPARATOR = "|"
 
-# task id -> monotonic start. Threads pools run tasks concurrently, hence the lock; postrun
-# always pops, so the dict holds only tasks in flight.
-_started: dict[str, float] = {}
-_started_lock = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,22 +196,9 @@ def _on_shutdown(**_: Any) -> None:
     flush()
 
 
-def _on_prerun(task_id: str | None, task: Any, request: Any) -> None:
-    if task_id:
-        with _started_lock:
-            _started[task_id] = time.monotonic()
-
-
-def _on_postrun(task_id: str | None, task: Any, state: str | None) -> None:
-    if task_id:
-        with _started_lock:
-            _started.pop(task_id, None)
-
-
 def _on_success(task_id: str | None, task: Any, request: Any) -> None:
-    with _started_lock:
-        start = _started.get(task_id) if task_id else None
-    runtime_ms = round((time.monotonic() - start) * 1000) if start is not None else None
+    run = run_signals.current(task_id) if task_id else None
+    runtime_ms = round((time.monotonic() - run.started) * 1000) if run is not None else None
     # A success without a start time (no prerun seen) still counts, with no runtime.
     _safely_record(task, "succeeded", runtime_ms)
 
@@ -230,8 +213,7 @@ def _on_retry(sender: Any = None, **_: Any) -> None:
 
 def connect_signals() -> None:
     """Start counting outcomes in this process; calling it again changes nothing."""
-    run_signals.observe(run_signals.Stage.STATS, start=_on_prerun, success=_on_success,
-                        end=_on_postrun)
+    run_signals.observe(run_signals.Stage.STATS, success=_on_success)
     signals.task_failure.connect(
         _on_failure, weak=False, dispatch_uid="platform-tasks-stats-failure"
     )
@@ -247,7 +229,7 @@ def connect_signals() -> None:
 
 def disconnect_signals() -> None:
     """Stop counting (tests that connect the handlers undo it with this)."""
-    run_signals.forget(_on_prerun, _on_success, _on_postrun)
+    run_signals.forget(_on_success)
     for signal, uid in (
         (signals.task_failure, "platform-tasks-stats-failure"),
         (signals.task_retry, "platform-tasks-stats-retry"),

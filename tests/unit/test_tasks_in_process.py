@@ -15,7 +15,7 @@ import pytest
 import redis
 from PIL import Image
 
-from platform_tasks import keys, stats
+from platform_tasks import keys, run_signals, stats
 from platform_tasks.app import PlatformCelery, create_app
 from platform_tasks.contracts import (
     ADD_NUMBERS,
@@ -270,7 +270,7 @@ def test_signals_count_successes_failures_and_retries(app: PlatformCelery,
     email = rows[SEND_WELCOME_EMAIL.name]
     assert (email.succeeded, email.failed, email.retried) == (1, 1, 1)
     assert 7 * 24 * 3600 < db.ttl(keys.task_stats(stats.today_utc())) <= 8 * 24 * 3600
-    assert stats._started == {}  # postrun cleaned up every start time
+    assert run_signals._running.get() is None  # every postrun ended its run
 
 
 @pytest.mark.usefixtures("counting")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
@@ -29,26 +28,6 @@ from platform_tasks.observability.logging import (
 
 _LOGGER = "platform_tasks.task"
 logger = structlog.get_logger(_LOGGER)
-
-
-class _Run:
-    """A task running on this thread, from its task_prerun to its task_postrun: what its
-    succeeded or failed line needs. Kept in a context variable, read in well under a
-    microsecond: the task's own ``request`` (Celery's thread-local stack) costs more than
-    one and a half, and a task id's dict entries more again."""
-
-    __slots__ = ("encoded", "outer", "started", "task_id")
-
-    def __init__(self, task_id: str, encoded: str | None, outer: _Run | None) -> None:
-        self.task_id = task_id
-        self.encoded = encoded
-        #: The run this one interrupted on the same thread (a task applied eagerly inside
-        #: another), current again after this one's task_postrun.
-        self.outer = outer
-        self.started = time.monotonic()
-
-
-_run: ContextVar[_Run | None] = ContextVar("platform_tasks_task_run", default=None)
 
 
 def _correlation(request: Any) -> Any:
@@ -212,39 +191,32 @@ def _on_prerun(task_id: str | None, task: Any, request: Any) -> None:
     # general way reads the identity from the context, so it comes after the binding).
     written = encoded is not None and _STARTED_LINE.write(encoded)
     bound_context.bind_identity(fields)
-    if task_id is not None:
-        _run.set(_Run(task_id, encoded, _run.get()))
+    run = run_signals.current(task_id)
+    if run is not None:
+        run.identity = encoded
     if not written:
         emit(_LOGGER, "info", "task_started", {})
 
 
 def _on_postrun(task_id: str | None, task: Any, state: str | None) -> None:
-    run = _run.get()
-    if run is not None and run.task_id == task_id:
-        _run.set(run.outer)
     bound_context.clear()
 
 
-def _current_run(task_id: str | None) -> _Run | None:
-    run = _run.get()
-    return run if run is not None and run.task_id == task_id else None
-
-
-def _runtime_ms(run: _Run) -> float:
+def _runtime_ms(run: run_signals.Run) -> float:
     return round((time.monotonic() - run.started) * 1000, 3)
 
 
 def _on_success(task_id: str | None, task: Any, request: Any) -> None:
     # task_success is sent on the thread that ran the task, between its task_prerun and
     # task_postrun: the current run is that task's (an eager task inside it has ended).
-    run = _current_run(task_id)
+    run = run_signals.current(task_id)
     if run is None:
         emit(_LOGGER, "info", "task_succeeded", {"runtime_ms": None})
         return
     runtime_ms = _runtime_ms(run)
     # Held: it goes out with the next task's lines, or when the consumer loop turns.
-    if run.encoded is None or not _SUCCEEDED_LINE.write(
-            run.encoded, runtime_field(runtime_ms), hold=True):
+    if run.identity is None or not _SUCCEEDED_LINE.write(
+            run.identity, runtime_field(runtime_ms), hold=True):
         emit(_LOGGER, "info", "task_succeeded", {"runtime_ms": runtime_ms})
 
 
@@ -287,7 +259,7 @@ def _on_failure(
         exception_type=type(exception).__name__ if exception is not None else None,
         exception=str(exception) if exception is not None else None,
         traceback=traceback_frames(tb),
-        runtime_ms=_runtime_ms(run) if (run := _current_run(task_id)) else None,
+        runtime_ms=_runtime_ms(run) if (run := run_signals.current(task_id)) else None,
     )
 
 
