@@ -97,15 +97,17 @@ def promtool_binary() -> Path:
 
 
 @contextlib.contextmanager
-def plain_redis_server(binary: Path) -> Iterator[str]:
-    """A redis-server on a free loopback port, nothing persisted, stopped on exit: its URL."""
+def plain_redis_server(binary: Path, password: str | None = None) -> Iterator[str]:
+    """A redis-server on a free loopback port, nothing persisted, stopped on exit: its URL
+    (without the password, when it has one)."""
     port = free_port()
+    protection = ["--requirepass", password] if password is not None else []
     process = subprocess.Popen(
         [str(binary), "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no"],
+         "--save", "", "--appendonly", "no", *protection],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -134,4 +136,16 @@ def redis_url(redis_server_binary: Path) -> Iterator[str]:
 def another_redis_url(redis_server_binary: Path) -> Iterator[str]:
     """A second plain redis-server, of the test's own (e.g. results apart from the broker)."""
     with plain_redis_server(redis_server_binary) as url:
+        yield url
+
+
+#: The password of :func:`protected_redis_url`'s server.
+PROTECTED_REDIS_PASSWORD = "the-right-one-5c1d"
+
+
+@pytest.fixture
+def protected_redis_url(redis_server_binary: Path) -> Iterator[str]:
+    """A plain redis-server of the test's own that asks for ``PROTECTED_REDIS_PASSWORD``: its
+    URL without it."""
+    with plain_redis_server(redis_server_binary, PROTECTED_REDIS_PASSWORD) as url:
         yield url

@@ -583,11 +583,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, DeadLetterError):
             print(f"platform-tasks: {error}", file=sys.stderr)
             return 1
-        if isinstance(error, ProducerError):
-            print(f"platform-tasks: refused: {type(error).__name__}: {error}", file=sys.stderr)
-            return 2
+        # Before the refusals: the producer's BrokerUnavailableError is one of these too.
         if isinstance(error, RedisError | OperationalError):
             print(f"platform-tasks: broker unavailable: {type(error).__name__}: {error}",
                   file=sys.stderr)
             return 1
+        if isinstance(error, ProducerError):
+            print(f"platform-tasks: refused: {type(error).__name__}: {error}", file=sys.stderr)
+            return 2
         raise

@@ -17,9 +17,11 @@ from typing import Any
 
 import redis
 import structlog
+from celery.exceptions import BackendGetMetaError
 from celery.result import AsyncResult
 from celery.signals import after_task_publish, before_task_publish
 from celery.utils.saferepr import saferepr
+from kombu.exceptions import OperationalError
 from kombu.serialization import dumps as serialize
 from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 
@@ -35,7 +37,7 @@ from platform_tasks.message_template import (
 )
 from platform_tasks.queues import QUEUE_NAMES, policy_for
 from platform_tasks.redis_client import connect
-from platform_tasks.redis_errors import retry_through_failover
+from platform_tasks.redis_errors import is_transient_reply, retry_through_failover
 from platform_tasks.settings import Settings, load_settings
 
 #: How long an idempotency key keeps a second enqueue of the same task from publishing again.
@@ -62,7 +64,8 @@ _ID_NAMESPACE = uuid.UUID("6f0c8a55-2f7e-4f69-9d1e-7c3b1f1d5a10")
 
 
 class ProducerError(Exception):
-    """Base of every error the producer raises for a call it refuses."""
+    """Base of every error the producer raises itself: a call it refuses, or one it could
+    not complete."""
 
 
 class UnknownQueueError(ProducerError):
@@ -100,6 +103,45 @@ class ReplicationNotConfirmedError(ProducerError):
     it. Enqueue again with the same idempotency key (the task must be idempotent, as the
     queues that ask for confirmation are): a duplicate message, never a lost one.
     """
+
+
+class BrokerUnavailableError(
+    ProducerError, redis.ConnectionError, redis.TimeoutError, OperationalError
+):
+    """The broker could not be reached (down, cut off, refusing the credentials) or kept
+    refusing writes for a while (read-only, no replica, loading) through the call's retries
+    (about 40 s for a publish: longer than a failover takes).
+
+    The message names the call and the broker (never a credential); the error the last try
+    raised is the ``__cause__``. A publish that failed this way may or may not have reached
+    the broker: enqueue again with the same idempotency key where it matters. It is also
+    each error such a call raised before there was this one (redis-py's ``ConnectionError``
+    and ``TimeoutError``, kombu's ``OperationalError``), so handlers written for those still
+    catch it.
+    """
+
+
+#: What a call's Redis and kombu clients raise, among them the broker being unavailable.
+_BROKER_ERRORS = (redis.RedisError, OperationalError)
+
+
+def _unavailable(settings: Settings, call: str, error: BaseException, *,
+                 publishes: bool) -> BrokerUnavailableError | None:
+    """The error for ``call`` to raise from ``error`` when ``error`` says the broker is
+    unavailable; None when it says something else (the caller raises it as it is)."""
+    if isinstance(error, BackendGetMetaError):
+        # Celery's result backend retries (result_backend_max_retries), then raises this from
+        # the last error.
+        error = error.__cause__ or error
+    if not (isinstance(error, redis.ConnectionError | redis.TimeoutError | OperationalError)
+            or is_transient_reply(error)):
+        return None
+    advice = ("; it may or may not have been published: enqueue again with the same "
+              "idempotency key where it matters" if publishes else "")
+    return BrokerUnavailableError(
+        f"{call}: the broker ({settings.broker_location}) is unavailable "
+        f"({type(error).__name__}: {error}){advice}"
+    )
 
 
 class PartialEnqueueError(ProducerError):
@@ -454,14 +496,25 @@ class TaskProducer:
             _check_idempotency_key(idempotency_key)
             task_id = _idempotent_id(task_name, idempotency_key)
             dedup_key = keys.enqueue_dedup(task_name, idempotency_key)
-            if not self._claim(dedup_key):
-                return task_id
-
         item = _Checked(
             index=0, task_id=task_id, args=call_args, kwargs=call_kwargs,
             arguments=arguments, eta=when, correlation_id=correlation_id or task_id,
             idempotency_key=idempotency_key, dedup_key=dedup_key,
         )
+        try:
+            self._publish_one(task_name, queue, item)
+        except _BROKER_ERRORS as error:
+            unavailable = _unavailable(self.settings, task_name, error, publishes=True)
+            if unavailable is None:
+                raise
+            raise unavailable from error
+        return task_id
+
+    def _publish_one(self, task_name: str, queue: str, item: _Checked) -> None:
+        """``enqueue`` once its call is checked: claim the key, publish, mark it published."""
+        task_id, dedup_key = item.task_id, item.dedup_key
+        if dedup_key is not None and not self._claim(dedup_key):
+            return
         try:
             self._write(queue, self._build(task_name, queue, [item]))
         except BaseException:
@@ -480,7 +533,6 @@ class TaskProducer:
         if structlog.is_configured():
             logger.debug("task_enqueued", task_name=task_name, queue=queue, task_id=task_id,
                          correlation_id=item.correlation_id)
-        return task_id
 
     def enqueue_many(
         self,
@@ -513,7 +565,15 @@ class TaskProducer:
         try:
             for start in range(0, len(checked), batch_size):
                 batch = checked[start:start + batch_size]
-                self._add_to_parent(self._publish_batch(task_name, queue, batch))
+                try:
+                    published = self._publish_batch(task_name, queue, batch)
+                except _BROKER_ERRORS as error:
+                    unavailable = _unavailable(self.settings, task_name, error,
+                                               publishes=True)
+                    if unavailable is None:
+                        raise
+                    raise unavailable from error
+                self._add_to_parent(published)
                 done += len(batch)
         except BaseException as error:
             if done == 0 or not isinstance(error, Exception):
@@ -824,7 +884,13 @@ class TaskProducer:
     def status(self, task_id: str) -> TaskStatus:
         """The task's state (``PENDING`` also means unknown or expired) and its outcome."""
         outcome = AsyncResult(task_id, app=self.app)
-        meta = outcome.backend.get_task_meta(task_id)
+        try:
+            meta = outcome.backend.get_task_meta(task_id)
+        except (*_BROKER_ERRORS, BackendGetMetaError) as failed:
+            unavailable = _unavailable(self.settings, "status", failed, publishes=False)
+            if unavailable is None:
+                raise
+            raise unavailable from failed
         state = str(meta.get("status", "PENDING"))
         raw = meta.get("result")
         error: str | None = None
@@ -861,13 +927,19 @@ class TaskProducer:
 
         The id is also kept in Redis for a day so workers that start later honour it.
         """
-        retry_through_failover(
-            lambda: self._redis.set(
-                keys.revoked(task_id), "1", ex=self.settings.result_expires_seconds
-            ),
-            budget_seconds=PUBLISH_BUDGET_SECONDS,
-        )
-        self.app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+        try:
+            retry_through_failover(
+                lambda: self._redis.set(
+                    keys.revoked(task_id), "1", ex=self.settings.result_expires_seconds
+                ),
+                budget_seconds=PUBLISH_BUDGET_SECONDS,
+            )
+            self.app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+        except _BROKER_ERRORS as error:
+            unavailable = _unavailable(self.settings, "revoke", error, publishes=False)
+            if unavailable is None:
+                raise
+            raise unavailable from error
 
     def close(self) -> None:
         self._redis.close()

@@ -304,6 +304,15 @@ class Settings(BaseSettings):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @property
+    def broker_location(self) -> str:
+        """Where the broker is, for messages: never a credential."""
+        if self.uses_sentinel:
+            sentinels = ", ".join(f"{address.host}:{address.port}" for address in self.sentinels)
+            return f"master {self.sentinel_master!r} of the Sentinels at {sentinels}"
+        parts = urlsplit(self.redis_url or "")
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}/{self.broker_db}"
+
 
 def _describe(error: Mapping[str, Any]) -> str:
     location = [str(part) for part in error.get("loc", ())]

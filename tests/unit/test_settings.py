@@ -34,6 +34,18 @@ def test_a_single_node_url_is_accepted() -> None:
     assert not settings.uses_sentinel
 
 
+def test_the_broker_location_names_no_credential() -> None:
+    sentinels = load_settings({**SENTINELS, "PLATFORM_TASKS_SENTINEL_MASTER": "main",
+                               "PLATFORM_TASKS_REDIS_PASSWORD": SECRET,
+                               "PLATFORM_TASKS_SENTINEL_PASSWORD": SECRET})
+    assert sentinels.broker_location == (
+        "master 'main' of the Sentinels at 127.0.0.1:26379, 127.0.0.1:26380"
+    )
+    single = load_settings({"PLATFORM_TASKS_REDIS_URL": f"rediss://app:{SECRET}@redis.internal",
+                            "PLATFORM_TASKS_BROKER_DB": "3"})
+    assert single.broker_location == "rediss://redis.internal:6379/3"
+
+
 def test_defaults_match_the_seed() -> None:
     settings = load_settings(SENTINELS)
     assert settings.timezone == "America/New_York"
