@@ -589,6 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         if isinstance(error, ProducerError):
-            print(f"platform-tasks: refused: {type(error).__name__}: {error}", file=sys.stderr)
-            return 2
+            outcome = "refused" if error.refusal else "not done"
+            print(f"platform-tasks: {outcome}: {type(error).__name__}: {error}",
+                  file=sys.stderr)
+            return 2 if error.refusal else 1
         raise

@@ -64,8 +64,12 @@ _ID_NAMESPACE = uuid.UUID("6f0c8a55-2f7e-4f69-9d1e-7c3b1f1d5a10")
 
 
 class ProducerError(Exception):
-    """Base of every error the producer raises itself: a call it refuses, or one it could
-    not complete."""
+    """Base of every error the producer raises itself: a call it refuses (``refusal``:
+    nothing was written), or one it could not complete."""
+
+    #: The call was refused before anything was written; False for the errors of a call
+    #: that was accepted and then could not be completed.
+    refusal = True
 
 
 class UnknownQueueError(ProducerError):
@@ -104,6 +108,8 @@ class ReplicationNotConfirmedError(ProducerError):
     queues that ask for confirmation are): a duplicate message, never a lost one.
     """
 
+    refusal = False
+
 
 class BrokerUnavailableError(
     ProducerError, redis.ConnectionError, redis.TimeoutError, OperationalError
@@ -119,6 +125,8 @@ class BrokerUnavailableError(
     and ``TimeoutError``, kombu's ``OperationalError``), so handlers written for those still
     catch it.
     """
+
+    refusal = False
 
 
 #: What a call's Redis and kombu clients raise, among them the broker being unavailable.
@@ -150,6 +158,8 @@ class PartialEnqueueError(ProducerError):
     ``task_ids`` are the ids of the first ``len(task_ids)`` items, all of them on the broker;
     none of the later items is. The error that stopped the call is the ``__cause__``.
     """
+
+    refusal = False
 
     def __init__(self, message: str, task_ids: list[str]) -> None:
         super().__init__(message)

@@ -4,7 +4,10 @@ producer says so instead of reporting success. A single Redis (no Sentinel) is n
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -105,7 +108,18 @@ def test_without_a_replica_answering_the_producer_does_not_report_success(
         assert time.monotonic() - started >= CONFIRM_TIMEOUT_MS / 1000 - 0.2
         with pytest.raises(ReplicationNotConfirmedError, match=r"^default: "):
             confirming_producer.enqueue_many(ADD, [([1, 2], {}), ([3, 4], {})], queue="default")
-        assert master.llen("default") == 2  # on the master, just not confirmed
+        # The command line does not call it refused: the message is on the master.
+        done = subprocess.run(
+            [sys.executable, "-m", "platform_tasks", "enqueue", ADD, "--queue", "default",
+             "--args", "[5, 6]"],
+            env={**os.environ, **sentinel_topology.settings_env()}, capture_output=True,
+            text=True, timeout=60, check=False,
+        )
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith(
+            "platform-tasks: not done: ReplicationNotConfirmedError: default: "
+        ), done.stderr
+        assert master.llen("default") == 3  # on the master, just not confirmed
     finally:
         for process in replicas:
             process.kill(signal.SIGCONT)
