@@ -97,14 +97,15 @@ def promtool_binary() -> Path:
 
 
 @contextlib.contextmanager
-def plain_redis_server(binary: Path, password: str | None = None) -> Iterator[str]:
+def plain_redis_server(binary: Path, *options: str,
+                       password: str | None = None) -> Iterator[str]:
     """A redis-server on a free loopback port, nothing persisted, stopped on exit: its URL
-    (without the password, when it has one)."""
+    (without the password, when it has one). ``options``: more of its command line."""
     port = free_port()
     protection = ["--requirepass", password] if password is not None else []
     process = subprocess.Popen(
         [str(binary), "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", *protection],
+         "--save", "", "--appendonly", "no", *protection, *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(host="127.0.0.1", port=port, password=password)
@@ -147,5 +148,23 @@ PROTECTED_REDIS_PASSWORD = "the-right-one-5c1d"
 def protected_redis_url(redis_server_binary: Path) -> Iterator[str]:
     """A plain redis-server of the test's own that asks for ``PROTECTED_REDIS_PASSWORD``: its
     URL without it."""
-    with plain_redis_server(redis_server_binary, PROTECTED_REDIS_PASSWORD) as url:
+    with plain_redis_server(redis_server_binary, password=PROTECTED_REDIS_PASSWORD) as url:
+        yield url
+
+
+@pytest.fixture
+def read_only_redis_url(redis_server_binary: Path) -> Iterator[str]:
+    """A plain redis-server of the test's own that refuses every write (``READONLY``): a
+    replica of a master that never answers, as a demoted master is during a failover."""
+    with plain_redis_server(redis_server_binary, "--replicaof", "127.0.0.1",
+                            str(free_port())) as url:
+        yield url
+
+
+@pytest.fixture
+def full_redis_url(redis_server_binary: Path) -> Iterator[str]:
+    """A plain redis-server of the test's own that refuses every write (``OOM``): its
+    memory limit is a byte."""
+    with plain_redis_server(redis_server_binary, "--maxmemory", "1",
+                            "--maxmemory-policy", "noeviction") as url:
         yield url

@@ -115,15 +115,15 @@ class BrokerUnavailableError(
     ProducerError, redis.ConnectionError, redis.TimeoutError, OperationalError
 ):
     """The broker could not be reached (down, cut off, refusing the credentials) or kept
-    refusing writes for a while (read-only, no replica, loading) through the call's retries
+    refusing writes for now (read-only, no replica, loading) through the call's retries
     (about 40 s for a publish: longer than a failover takes).
 
-    The message names the call and the broker (never a credential); the error the last try
-    raised is the ``__cause__``. A publish that failed this way may or may not have reached
-    the broker: enqueue again with the same idempotency key where it matters. It is also
-    each error such a call raised before there was this one (redis-py's ``ConnectionError``
-    and ``TimeoutError``, kombu's ``OperationalError``), so handlers written for those still
-    catch it.
+    The message names the call, the Redis it used (never a credential) and the error
+    underneath, which the chain of ``__cause__`` leads to. A publish that failed this way
+    may or may not have reached the broker: enqueue again with the same idempotency key
+    where it matters. It is also a redis-py ``ConnectionError`` and ``TimeoutError`` and a
+    kombu ``OperationalError``, the errors such calls raised before, so handlers for those
+    still catch it (not handlers for narrower classes, such as ``AuthenticationError``).
     """
 
     refusal = False
@@ -133,30 +133,39 @@ class BrokerUnavailableError(
 _BROKER_ERRORS = (redis.RedisError, OperationalError)
 
 
-def _unavailable(settings: Settings, call: str, error: BaseException, *,
+def _underlying(error: BaseException) -> BaseException:
+    """What went wrong under kombu's and Celery's wrappers: kombu's retries raise any error
+    of its transport as an ``OperationalError`` (a refused write too), Celery's result
+    backend its own error, each from the last one it got."""
+    while isinstance(error, OperationalError | BackendGetMetaError) and error.__cause__:
+        error = error.__cause__
+    return error
+
+
+def _unavailable(settings: Settings, call: str, error: BaseException, *, db: int,
                  publishes: bool) -> BrokerUnavailableError | None:
     """The error for ``call`` to raise from ``error`` when ``error`` says the broker is
     unavailable; None when it says something else (the caller raises it as it is)."""
-    if isinstance(error, BackendGetMetaError):
-        # Celery's result backend retries (result_backend_max_retries), then raises this from
-        # the last error.
-        error = error.__cause__ or error
-    if not (isinstance(error, redis.ConnectionError | redis.TimeoutError | OperationalError)
-            or is_transient_reply(error)):
+    underlying = _underlying(error)
+    # A bare OperationalError is kombu's own word for a connection it could not make.
+    if not (isinstance(underlying, redis.ConnectionError | redis.TimeoutError | OSError)
+            or type(underlying) is OperationalError or is_transient_reply(underlying)):
         return None
     advice = ("; it may or may not have been published: enqueue again with the same "
               "idempotency key where it matters" if publishes else "")
     return BrokerUnavailableError(
-        f"{call}: the broker ({settings.broker_location}) is unavailable "
-        f"({type(error).__name__}: {error}){advice}"
+        f"{call}: the broker ({settings.redis_location(db)}) is unavailable "
+        f"({type(underlying).__name__}: {underlying}){advice}"
     )
 
 
 class PartialEnqueueError(ProducerError):
     """A bulk enqueue failed after some of its batches were published.
 
-    ``task_ids`` are the ids of the first ``len(task_ids)`` items, all of them on the broker;
-    none of the later items is. The error that stopped the call is the ``__cause__``.
+    ``task_ids`` are the ids of the first ``len(task_ids)`` items, all of them on the broker.
+    The batch that failed next may or may not be (a lost reply hides whether its write
+    landed; the message names its items); none after it is. The error that stopped the call
+    is the ``__cause__``.
     """
 
     refusal = False
@@ -514,7 +523,8 @@ class TaskProducer:
         try:
             self._publish_one(task_name, queue, item)
         except _BROKER_ERRORS as error:
-            unavailable = _unavailable(self.settings, task_name, error, publishes=True)
+            unavailable = _unavailable(self.settings, task_name, error,
+                                       db=self.settings.broker_db, publishes=True)
             if unavailable is None:
                 raise
             raise unavailable from error
@@ -571,15 +581,16 @@ class TaskProducer:
             raise ValueError("batch_size must be a positive integer")
         checked = self._check_items(task_name, contract, queue, items, correlation_id)
         task_ids = [item.task_id for item in checked]
-        done = 0
+        done = failing = 0
         try:
             for start in range(0, len(checked), batch_size):
                 batch = checked[start:start + batch_size]
+                failing = len(batch)
                 try:
                     published = self._publish_batch(task_name, queue, batch)
                 except _BROKER_ERRORS as error:
                     unavailable = _unavailable(self.settings, task_name, error,
-                                               publishes=True)
+                                               db=self.settings.broker_db, publishes=True)
                     if unavailable is None:
                         raise
                     raise unavailable from error
@@ -588,9 +599,13 @@ class TaskProducer:
         except BaseException as error:
             if done == 0 or not isinstance(error, Exception):
                 raise
+            end = done + failing
             raise PartialEnqueueError(
-                f"{task_name}: published items 0-{done - 1} of {len(checked)}, then failed: "
-                f"{error!r}; items {done} onwards were not published",
+                f"{task_name}: published items 0-{done - 1} of {len(checked)}, then failed "
+                f"on items {done}-{end - 1}: {error!r}; those may or may not have been "
+                f"published (a lost reply hides whether a write landed), "
+                + (f"items {end} onwards were not" if end < len(checked) else
+                   "and there were no more"),
                 task_ids[:done],
             ) from error
         if structlog.is_configured():
@@ -897,7 +912,8 @@ class TaskProducer:
         try:
             meta = outcome.backend.get_task_meta(task_id)
         except (*_BROKER_ERRORS, BackendGetMetaError) as failed:
-            unavailable = _unavailable(self.settings, "status", failed, publishes=False)
+            unavailable = _unavailable(self.settings, "status", failed,
+                                       db=self.settings.result_db, publishes=False)
             if unavailable is None:
                 raise
             raise unavailable from failed
@@ -946,7 +962,8 @@ class TaskProducer:
             )
             self.app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
         except _BROKER_ERRORS as error:
-            unavailable = _unavailable(self.settings, "revoke", error, publishes=False)
+            unavailable = _unavailable(self.settings, "revoke", error,
+                                       db=self.settings.broker_db, publishes=False)
             if unavailable is None:
                 raise
             raise unavailable from error

@@ -304,14 +304,20 @@ class Settings(BaseSettings):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
-    @property
-    def broker_location(self) -> str:
-        """Where the broker is, for messages: never a credential."""
+    def redis_location(self, db: int) -> str:
+        """Where database ``db`` of the broker's Redis is, for messages: never a credential."""
         if self.uses_sentinel:
-            sentinels = ", ".join(f"{address.host}:{address.port}" for address in self.sentinels)
-            return f"master {self.sentinel_master!r} of the Sentinels at {sentinels}"
+            sentinels = ", ".join(_host_port(address.host, address.port)
+                                  for address in self.sentinels)
+            return f"master {self.sentinel_master!r} of the Sentinels at {sentinels}, db {db}"
         parts = urlsplit(self.redis_url or "")
-        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}/{self.broker_db}"
+        scheme = "rediss" if self.redis_tls or parts.scheme == "rediss" else "redis"
+        return f"{scheme}://{_host_port(parts.hostname or '', parts.port or 6379)}/{db}"
+
+
+def _host_port(host: str, port: int) -> str:
+    # An IPv6 address keeps its brackets, or its last group would read as the port.
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _describe(error: Mapping[str, Any]) -> str:

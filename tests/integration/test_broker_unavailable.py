@@ -1,8 +1,12 @@
-"""A broker that does not answer: the producer raises one error that names it, whichever
-path the call took, and that still is every error the call used to raise.
+"""A broker that does not answer, or keeps refusing writes for now: the producer raises one
+error that names it, whichever path the call took, and that still is a redis-py
+``ConnectionError`` and ``TimeoutError`` and a kombu ``OperationalError``, as the call's
+errors were. A refusal that will not pass by waiting (out of memory) is raised as it was.
 
-The servers are real: a port nothing listens on, and a redis-server stopped mid-test. Only
-the retry budget is shortened (about 40 s as shipped).
+The servers are real: a port nothing listens on, a redis-server stopped mid-test, one with
+a password the producer gets wrong, a replica of a master that never answers (read-only),
+one whose memory limit is a byte. Only the retry budget is shortened (about 40 s as
+shipped).
 """
 
 from __future__ import annotations
@@ -91,7 +95,9 @@ def test_a_broker_that_went_away(another_redis_url: str) -> None:
         producer.app.backend.max_retries = 1  # Celery's result backend retries 20 times
         with pytest.raises(BrokerUnavailableError) as caught:
             producer.status("0b4c6a5e-3c1e-4d0e-9a43-2f0f6f1f4d11")
-        _assert_names_the_broker(caught.value, another_redis_url, "status", publish=False)
+        # Results are in the next database of the same server.
+        results_url = another_redis_url.removesuffix("/0") + "/1"
+        _assert_names_the_broker(caught.value, results_url, "status", publish=False)
 
 
 @pytest.mark.usefixtures("short_retries")
@@ -130,3 +136,30 @@ def test_the_command_line_says_the_broker_is_unavailable() -> None:
         f"(redis://127.0.0.1:{port}/0) is unavailable ("
     ), done.stderr
     assert PASSWORD not in done.stderr
+
+
+@pytest.mark.usefixtures("short_retries")
+def test_a_broker_refusing_writes_for_now_is_unavailable(read_only_redis_url: str) -> None:
+    with TaskProducer(load_settings({"PLATFORM_TASKS_REDIS_URL": read_only_redis_url})) as producer:
+        # kombu's first publish: its retries wrap the refusal in an OperationalError.
+        with pytest.raises(BrokerUnavailableError) as caught:
+            producer.enqueue(ADD, queue="default", args=[1, 2])
+        _assert_names_the_broker(caught.value, read_only_redis_url, ADD)
+        assert "(ReadOnlyError: " in str(caught.value)
+        # The producer's own write, retried through transient replies.
+        with pytest.raises(BrokerUnavailableError) as caught:
+            producer.revoke("0b4c6a5e-3c1e-4d0e-9a43-2f0f6f1f4d11")
+        _assert_names_the_broker(caught.value, read_only_redis_url, "revoke", publish=False)
+        assert "(ReadOnlyError: " in str(caught.value)
+
+
+@pytest.mark.usefixtures("short_retries")
+def test_a_refusal_that_is_not_unavailability_is_raised_as_it_is(full_redis_url: str) -> None:
+    with TaskProducer(load_settings({"PLATFORM_TASKS_REDIS_URL": full_redis_url})) as producer:
+        # Out of memory is not "try again later": kombu's error, under it Redis' reply.
+        with pytest.raises(OperationalError) as caught:
+            producer.enqueue(ADD, queue="default", args=[1, 2])
+        assert not isinstance(caught.value, BrokerUnavailableError)
+        assert isinstance(caught.value.__cause__, redis.exceptions.OutOfMemoryError)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            producer.revoke("0b4c6a5e-3c1e-4d0e-9a43-2f0f6f1f4d11")

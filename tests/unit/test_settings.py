@@ -34,16 +34,19 @@ def test_a_single_node_url_is_accepted() -> None:
     assert not settings.uses_sentinel
 
 
-def test_the_broker_location_names_no_credential() -> None:
+def test_the_redis_location_names_no_credential() -> None:
     sentinels = load_settings({**SENTINELS, "PLATFORM_TASKS_SENTINEL_MASTER": "main",
                                "PLATFORM_TASKS_REDIS_PASSWORD": SECRET,
                                "PLATFORM_TASKS_SENTINEL_PASSWORD": SECRET})
-    assert sentinels.broker_location == (
-        "master 'main' of the Sentinels at 127.0.0.1:26379, 127.0.0.1:26380"
+    assert sentinels.redis_location(0) == (
+        "master 'main' of the Sentinels at 127.0.0.1:26379, 127.0.0.1:26380, db 0"
     )
     single = load_settings({"PLATFORM_TASKS_REDIS_URL": f"rediss://app:{SECRET}@redis.internal",
                             "PLATFORM_TASKS_BROKER_DB": "3"})
-    assert single.broker_location == "rediss://redis.internal:6379/3"
+    assert single.redis_location(single.broker_db) == "rediss://redis.internal:6379/3"
+    upgraded = load_settings({"PLATFORM_TASKS_REDIS_URL": f"redis://:{SECRET}@[::1]:6390",
+                              "PLATFORM_TASKS_REDIS_TLS": "true"})
+    assert upgraded.redis_location(1) == "rediss://[::1]:6390/1"
 
 
 def test_defaults_match_the_seed() -> None:
