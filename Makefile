@@ -11,7 +11,7 @@ run: bootstrap
 	$(BIN)/platform-tasks dev
 
 lint: bootstrap
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
 test: lint

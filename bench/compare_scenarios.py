@@ -18,6 +18,8 @@ import redis
 from compare_procs import HarnessError, Workers, wait_for
 from compare_systems import MixItem, PlatformSystem, Probe, System
 
+from platform_tasks.devstack.topology import SentinelTopology
+
 Measurement = dict[str, float | None]
 
 #: Enqueue loops warm up (connections, declarations) on this many calls before timing.
@@ -263,6 +265,8 @@ def failover(trial: Trial) -> Measurement:
     if not isinstance(system, PlatformSystem):
         raise HarnessError("failover is measured for the platform only")
     topology = system.topology
+    if not isinstance(topology, SentinelTopology):
+        raise HarnessError("failover needs Sentinels: run it for the platform system only")
     system.reset()
     workers = system.workers(system.default_processes, tag)
     sentinel = topology.sentinel_client(topology.sentinel_addresses[0][1], timeout=5)

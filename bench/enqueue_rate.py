@@ -54,7 +54,7 @@ def seed_app(topology: SentinelTopology) -> tuple[Celery, Any]:
     app = Celery("seed", broker=f"{url}/0", backend=f"{url}/1", set_as_current=False)
     app.conf.task_default_queue = QUEUE
 
-    @app.task(name=ADD)  # type: ignore[misc]
+    @app.task(name=ADD)  # type: ignore[untyped-decorator]
     def add(x: int, y: int) -> int:
         return x + y
 

@@ -82,7 +82,7 @@ def first_send_recorded() -> Iterator[list[int]]:
     def send_packed_command(self: redis.connection.AbstractConnection, *args: object,
                             **kwargs: object) -> None:
         sends.append(time.time_ns())
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        original(self, *args, **kwargs)  # type: ignore[no-untyped-call]
 
     redis.connection.AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign]
     try:
@@ -143,11 +143,11 @@ def split(probe: Probe, started_ns: int,
     parts = {"producer": probe.sent_ns - probe.called_ns}
     previous = probe.sent_ns
     for name, part in MEMBER_MARKS:
-        stamp = first_after.get(name)
-        if stamp is None:
+        mark = first_after.get(name)
+        if mark is None:
             return None
-        parts[part] = stamp - previous
-        previous = stamp
+        parts[part] = mark - previous
+        previous = mark
     parts["to task_started"] = started_ns - previous
     parts["total"] = started_ns - probe.called_ns
     return parts

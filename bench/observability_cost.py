@@ -92,9 +92,12 @@ def drain(topology: SentinelTopology, run_dir: Path, name: str, tasks: int,
             time.sleep(0.05)
         cpu_per_task = (tree_cpu_seconds(worker.pid) - cpu_start) / (tasks - done_start)
         keys = [f"celery-task-meta-{task_id}" for task_id in ids]
+        stored = results.mget(keys)
+        if any(raw is None for raw in stored):
+            raise SystemExit(f"{name}: a result the drain counted is gone (expired?)")
         done = [
             datetime.fromisoformat(json.loads(raw)["date_done"]).timestamp()
-            for raw in results.mget(keys)
+            for raw in stored if raw is not None
         ]
     finally:
         worker.stop(30)

@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TextIO, cast
 
 # Before prometheus_client is imported: count into per-process files, as a worker does.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="receivers-"))
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     app.loader.import_default_modules()
     task = app.tasks[TASK]
     with tempfile.NamedTemporaryFile("w", prefix="receivers-", suffix=".log") as log_file:
-        configure_logging(settings, process="worker", stream=log_file, level="INFO",
+        configure_logging(settings, process="worker", stream=cast(TextIO, log_file), level="INFO",
                           log_format="json")
         task_context.install()
         worker_metrics.connect_signals()
