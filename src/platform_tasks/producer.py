@@ -142,20 +142,29 @@ def _underlying(error: BaseException) -> BaseException:
     return error
 
 
+#: What a caller of a publish that failed with the broker unavailable should know.
+MAYBE_PUBLISHED = ("it may or may not have been published: enqueue again with the same "
+                   "idempotency key where it matters")
+PUBLISHED_UNMARKED = (
+    "it was published, but its idempotency key could not be marked as published: an enqueue "
+    f"with the same key is refused as in progress for up to {PENDING_CLAIM_SECONDS} s, and "
+    "publishes it again after that"
+)
+
+
 def _unavailable(settings: Settings, call: str, error: BaseException, *, db: int,
-                 publishes: bool) -> BrokerUnavailableError | None:
+                 outcome: str | None) -> BrokerUnavailableError | None:
     """The error for ``call`` to raise from ``error`` when ``error`` says the broker is
-    unavailable; None when it says something else (the caller raises it as it is)."""
+    unavailable (``outcome``: what became of a publish); None when it says something else
+    (the caller raises it as it is)."""
     underlying = _underlying(error)
     # A bare OperationalError is kombu's own word for a connection it could not make.
     if not (isinstance(underlying, redis.ConnectionError | redis.TimeoutError | OSError)
             or type(underlying) is OperationalError or is_transient_reply(underlying)):
         return None
-    advice = ("; it may or may not have been published: enqueue again with the same "
-              "idempotency key where it matters" if publishes else "")
     return BrokerUnavailableError(
         f"{call}: the broker ({settings.redis_location(db)}) is unavailable "
-        f"({type(underlying).__name__}: {underlying}){advice}"
+        f"({type(underlying).__name__}: {underlying})" + (f"; {outcome}" if outcome else "")
     )
 
 
@@ -522,9 +531,11 @@ class TaskProducer:
         )
         try:
             self._publish_one(task_name, queue, item)
+        except BrokerUnavailableError:
+            raise  # the publish landed; its key could not be marked
         except _BROKER_ERRORS as error:
             unavailable = _unavailable(self.settings, task_name, error,
-                                       db=self.settings.broker_db, publishes=True)
+                                       db=self.settings.broker_db, outcome=MAYBE_PUBLISHED)
             if unavailable is None:
                 raise
             raise unavailable from error
@@ -545,10 +556,7 @@ class TaskProducer:
                     self._redis.delete(dedup_key)
             raise
         if dedup_key is not None:
-            retry_through_failover(
-                lambda: self._redis.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS),
-                budget_seconds=PUBLISH_BUDGET_SECONDS,
-            )
+            self._mark_published(task_name, [dedup_key])
         self._add_to_parent([task_id])
         if structlog.is_configured():
             logger.debug("task_enqueued", task_name=task_name, queue=queue, task_id=task_id,
@@ -588,9 +596,12 @@ class TaskProducer:
                 failing = len(batch)
                 try:
                     published = self._publish_batch(task_name, queue, batch)
+                except BrokerUnavailableError:
+                    raise  # the batch landed; its keys could not be marked
                 except _BROKER_ERRORS as error:
                     unavailable = _unavailable(self.settings, task_name, error,
-                                               db=self.settings.broker_db, publishes=True)
+                                               db=self.settings.broker_db,
+                                               outcome=MAYBE_PUBLISHED)
                     if unavailable is None:
                         raise
                     raise unavailable from error
@@ -685,14 +696,26 @@ class TaskProducer:
             self._release(claimed)
             raise
         if claimed:
-            def mark_published() -> None:
-                with self._redis.pipeline(transaction=False) as pipe:
-                    for dedup_key in claimed:
-                        pipe.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS)
-                    pipe.execute()
-
-            retry_through_failover(mark_published, budget_seconds=PUBLISH_BUDGET_SECONDS)
+            self._mark_published(task_name, claimed)
         return [item.task_id for item in to_send]
+
+    def _mark_published(self, task_name: str, dedup_keys: Iterable[str]) -> None:
+        """Mark the idempotency keys of tasks just published. If the broker is unavailable
+        for it, the ``BrokerUnavailableError`` says the tasks were published."""
+        def mark() -> None:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for dedup_key in dedup_keys:
+                    pipe.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS)
+                pipe.execute()
+
+        try:
+            retry_through_failover(mark, budget_seconds=PUBLISH_BUDGET_SECONDS)
+        except _BROKER_ERRORS as error:
+            unavailable = _unavailable(self.settings, task_name, error,
+                                       db=self.settings.broker_db, outcome=PUBLISHED_UNMARKED)
+            if unavailable is None:
+                raise
+            raise unavailable from error
 
     def _build(
         self, task_name: str, queue: str, items: list[_Checked]
@@ -913,7 +936,7 @@ class TaskProducer:
             meta = outcome.backend.get_task_meta(task_id)
         except (*_BROKER_ERRORS, BackendGetMetaError) as failed:
             unavailable = _unavailable(self.settings, "status", failed,
-                                       db=self.settings.result_db, publishes=False)
+                                       db=self.settings.result_db, outcome=None)
             if unavailable is None:
                 raise
             raise unavailable from failed
@@ -963,7 +986,7 @@ class TaskProducer:
             self.app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
         except _BROKER_ERRORS as error:
             unavailable = _unavailable(self.settings, "revoke", error,
-                                       db=self.settings.broker_db, publishes=False)
+                                       db=self.settings.broker_db, outcome=None)
             if unavailable is None:
                 raise
             raise unavailable from error

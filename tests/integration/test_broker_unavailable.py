@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import redis
@@ -21,7 +22,12 @@ from kombu.exceptions import OperationalError
 
 from platform_tasks import producer as producer_module
 from platform_tasks.devstack.ports import free_port
-from platform_tasks.producer import BrokerUnavailableError, ProducerError, TaskProducer
+from platform_tasks.producer import (
+    PUBLISHED_UNMARKED,
+    BrokerUnavailableError,
+    ProducerError,
+    TaskProducer,
+)
 from platform_tasks.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -163,3 +169,26 @@ def test_a_refusal_that_is_not_unavailability_is_raised_as_it_is(full_redis_url:
         assert isinstance(caught.value.__cause__, redis.exceptions.OutOfMemoryError)
         with pytest.raises(redis.exceptions.OutOfMemoryError):
             producer.revoke("0b4c6a5e-3c1e-4d0e-9a43-2f0f6f1f4d11")
+
+
+@pytest.mark.usefixtures("short_retries")
+def test_a_publish_whose_key_cannot_be_marked_says_it_was_published(
+    another_redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    queued: list[int] = []
+    with TaskProducer(load_settings({"PLATFORM_TASKS_REDIS_URL": another_redis_url})) as producer:
+        write = producer._write
+
+        def write_then_lose_the_broker(queue: str, commands: list[Any]) -> None:
+            write(queue, commands)
+            server = redis.Redis.from_url(another_redis_url)
+            queued.append(server.llen("default"))
+            server.shutdown(nosave=True)  # before the key is marked as published
+
+        monkeypatch.setattr(producer, "_write", write_then_lose_the_broker)
+        with pytest.raises(BrokerUnavailableError) as caught:
+            producer.enqueue(ADD, queue="default", args=[1, 2], idempotency_key="order-7")
+    assert queued == [1]
+    message = str(caught.value)
+    assert message.startswith(f"{ADD}: the broker ({another_redis_url}) is "), message
+    assert message.endswith(f"; {PUBLISHED_UNMARKED}"), message
