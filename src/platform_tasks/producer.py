@@ -168,6 +168,30 @@ def _unavailable(settings: Settings, call: str, error: BaseException, *, db: int
     )
 
 
+class _OnTheBroker:
+    """A block of ``call``'s work on the broker: an error in it that says the broker is
+    unavailable leaves as a :class:`BrokerUnavailableError` (``outcome``: what became of a
+    publish); any other error leaves as it is."""
+
+    __slots__ = ("_call", "_db", "_outcome", "_settings")
+
+    def __init__(self, settings: Settings, call: str, *, db: int, outcome: str | None) -> None:
+        self._settings, self._call, self._db, self._outcome = settings, call, db, outcome
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: Any) -> None:
+        if error is None or isinstance(error, BrokerUnavailableError) or not isinstance(
+                error, (*_BROKER_ERRORS, BackendGetMetaError)):
+            return
+        unavailable = _unavailable(self._settings, self._call, error, db=self._db,
+                                   outcome=self._outcome)
+        if unavailable is not None:
+            raise unavailable from error
+
+
 class PartialEnqueueError(ProducerError):
     """A bulk enqueue failed after some of its batches were published.
 
@@ -529,16 +553,11 @@ class TaskProducer:
             arguments=arguments, eta=when, correlation_id=correlation_id or task_id,
             idempotency_key=idempotency_key, dedup_key=dedup_key,
         )
-        try:
+        # A BrokerUnavailableError from inside (the publish landed, its key could not be
+        # marked) leaves as it is.
+        with _OnTheBroker(self.settings, task_name, db=self.settings.broker_db,
+                          outcome=MAYBE_PUBLISHED):
             self._publish_one(task_name, queue, item)
-        except BrokerUnavailableError:
-            raise  # the publish landed; its key could not be marked
-        except _BROKER_ERRORS as error:
-            unavailable = _unavailable(self.settings, task_name, error,
-                                       db=self.settings.broker_db, outcome=MAYBE_PUBLISHED)
-            if unavailable is None:
-                raise
-            raise unavailable from error
         return task_id
 
     def _publish_one(self, task_name: str, queue: str, item: _Checked) -> None:
@@ -594,17 +613,9 @@ class TaskProducer:
             for start in range(0, len(checked), batch_size):
                 batch = checked[start:start + batch_size]
                 failing = len(batch)
-                try:
+                with _OnTheBroker(self.settings, task_name, db=self.settings.broker_db,
+                                  outcome=MAYBE_PUBLISHED):
                     published = self._publish_batch(task_name, queue, batch)
-                except BrokerUnavailableError:
-                    raise  # the batch landed; its keys could not be marked
-                except _BROKER_ERRORS as error:
-                    unavailable = _unavailable(self.settings, task_name, error,
-                                               db=self.settings.broker_db,
-                                               outcome=MAYBE_PUBLISHED)
-                    if unavailable is None:
-                        raise
-                    raise unavailable from error
                 self._add_to_parent(published)
                 done += len(batch)
         except BaseException as error:
@@ -708,14 +719,9 @@ class TaskProducer:
                     pipe.set(dedup_key, PUBLISHED, ex=IDEMPOTENCY_WINDOW_SECONDS)
                 pipe.execute()
 
-        try:
+        with _OnTheBroker(self.settings, task_name, db=self.settings.broker_db,
+                          outcome=PUBLISHED_UNMARKED):
             retry_through_failover(mark, budget_seconds=PUBLISH_BUDGET_SECONDS)
-        except _BROKER_ERRORS as error:
-            unavailable = _unavailable(self.settings, task_name, error,
-                                       db=self.settings.broker_db, outcome=PUBLISHED_UNMARKED)
-            if unavailable is None:
-                raise
-            raise unavailable from error
 
     def _build(
         self, task_name: str, queue: str, items: list[_Checked]
@@ -932,14 +938,8 @@ class TaskProducer:
     def status(self, task_id: str) -> TaskStatus:
         """The task's state (``PENDING`` also means unknown or expired) and its outcome."""
         outcome = AsyncResult(task_id, app=self.app)
-        try:
+        with _OnTheBroker(self.settings, "status", db=self.settings.result_db, outcome=None):
             meta = outcome.backend.get_task_meta(task_id)
-        except (*_BROKER_ERRORS, BackendGetMetaError) as failed:
-            unavailable = _unavailable(self.settings, "status", failed,
-                                       db=self.settings.result_db, outcome=None)
-            if unavailable is None:
-                raise
-            raise unavailable from failed
         state = str(meta.get("status", "PENDING"))
         raw = meta.get("result")
         error: str | None = None
@@ -976,7 +976,7 @@ class TaskProducer:
 
         The id is also kept in Redis for a day so workers that start later honour it.
         """
-        try:
+        with _OnTheBroker(self.settings, "revoke", db=self.settings.broker_db, outcome=None):
             retry_through_failover(
                 lambda: self._redis.set(
                     keys.revoked(task_id), "1", ex=self.settings.result_expires_seconds
@@ -984,12 +984,6 @@ class TaskProducer:
                 budget_seconds=PUBLISH_BUDGET_SECONDS,
             )
             self.app.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
-        except _BROKER_ERRORS as error:
-            unavailable = _unavailable(self.settings, "revoke", error,
-                                       db=self.settings.broker_db, outcome=None)
-            if unavailable is None:
-                raise
-            raise unavailable from error
 
     def close(self) -> None:
         self._redis.close()
