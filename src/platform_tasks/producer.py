@@ -775,8 +775,11 @@ class TaskProducer:
             app.producer_or_acquire() as kombu_producer,
             batch_publish.collecting(kombu_producer) as collector,
         ):
-            # What the first publish of each connection declares (the queue's binding).
-            kombu_producer.maybe_declare(routed["queue"], retry=True, **PUBLISH_RETRY_POLICY)
+            # What the first publish of each connection declares (the queue's binding). Retried
+            # here, not by kombu: kombu's retries give up on a refusal for now (READONLY,
+            # NOREPLICAS, after a failover) at the first reconnect, and wrap what they raise.
+            retry_through_failover(lambda: kombu_producer.maybe_declare(routed["queue"]),
+                                   budget_seconds=PUBLISH_BUDGET_SECONDS)
             first = celery_message(items[0])
             celery_headers = dict(first.headers)
             amqp.send_task_message(kombu_producer, task_name, first,
