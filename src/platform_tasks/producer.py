@@ -129,8 +129,9 @@ class BrokerUnavailableError(
     refusal = False
 
 
-#: What a call's Redis and kombu clients raise, among them the broker being unavailable.
-_BROKER_ERRORS = (redis.RedisError, OperationalError)
+#: What a call's Redis, kombu and Celery clients raise, the broker being unavailable among
+#: them (anything else, from the caller's own code, is never taken for that).
+_CLIENT_ERRORS = (redis.RedisError, OperationalError, BackendGetMetaError)
 
 
 def _underlying(error: BaseException) -> BaseException:
@@ -183,8 +184,8 @@ class _OnTheBroker:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: Any) -> None:
-        if error is None or isinstance(error, BrokerUnavailableError) or not isinstance(
-                error, (*_BROKER_ERRORS, BackendGetMetaError)):
+        if (error is None or isinstance(error, BrokerUnavailableError)
+                or not isinstance(error, _CLIENT_ERRORS)):
             return
         unavailable = _unavailable(self._settings, self._call, error, db=self._db,
                                    outcome=self._outcome)
